@@ -1,0 +1,7 @@
+"""local-agent: runs Prefect 3 flow runs as local subprocesses under supervisor.
+
+Kept import-free on purpose: the per-run shim (``python -I -m agent.shim``) imports
+this package, and it must start fast.
+"""
+
+__version__ = "0.1.0"

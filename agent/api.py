@@ -1,0 +1,261 @@
+"""A small client for the Prefect 3 REST API, on one ``requests.Session``.
+
+Only transient failures (connection errors, timeouts, 429, 502, 503, 504) are
+retried, with capped exponential backoff plus jitter, honouring ``Retry-After``, until
+the call's deadline; every other 4xx fails fast with the call's name and the
+server's reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import logging
+import time
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from typing import Any
+
+import requests
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    before_sleep_log,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential_jitter,
+)
+
+from agent import defaults, metrics
+from agent.config import ApiSettings
+from agent.errors import ApiError, AuthError, NotFoundError, TransientApiError
+
+log = logging.getLogger(__name__)
+
+TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+FINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return max(0.0, min(seconds, defaults.API_RETRY_AFTER_CAP))
+
+
+def server_reason(response: requests.Response) -> str:
+    """The most useful words of an error response, kept short."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:300] or response.reason
+    if isinstance(body, dict):
+        for key in ("detail", "exception_message", "message"):
+            if body.get(key):
+                return str(body[key])[:300]
+    return str(body)[:300]
+
+
+def auth_header(settings: ApiSettings) -> dict[str, str]:
+    if settings.key:
+        return {"Authorization": f"Bearer {settings.key}"}
+    if settings.auth_string:
+        token = base64.b64encode(settings.auth_string.encode()).decode()
+        return {"Authorization": f"Basic {token}"}
+    return {}
+
+
+class _RetryWait:
+    """Retry-After when the server gave one, else exponential backoff with jitter."""
+
+    def __init__(self) -> None:
+        self._backoff = wait_exponential_jitter(
+            initial=defaults.API_RETRY_INITIAL_WAIT,
+            max=defaults.API_RETRY_MAX_WAIT,
+            jitter=defaults.API_RETRY_INITIAL_WAIT,
+        )
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, TransientApiError) and exc.retry_after is not None:
+            return exc.retry_after
+        return float(self._backoff(state))
+
+
+class PrefectClient:
+    def __init__(
+        self,
+        settings: ApiSettings,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.settings = settings
+        self.session = session or requests.Session()
+        self.session.headers.update(auth_header(settings))
+        self.session.headers["X-PREFECT-API-VERSION"] = "0.8.4"
+        self._sleep = sleep
+
+    # -- transport -----------------------------------------------------------------
+
+    def request(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        json: Any = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """One API call with retries of transient failures; returns the decoded body."""
+        retrying = Retrying(
+            stop=stop_after_delay(self.settings.retry_deadline if deadline is None else deadline),
+            wait=_RetryWait(),
+            retry=retry_if_exception_type(TransientApiError),
+            before_sleep=before_sleep_log(log, logging.WARNING),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        return retrying(self._once, call, method, path, json)
+
+    def _once(self, call: str, method: str, path: str, json: Any) -> Any:
+        url = f"{self.settings.url}{path}"
+        started = time.monotonic()
+        try:
+            response = self.session.request(
+                method,
+                url,
+                json=json,
+                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
+            )
+        except requests.Timeout as exc:
+            metrics.API_ERRORS.labels(call, "timeout").inc()
+            raise TransientApiError(call, f"timed out talking to {self.settings.url}") from exc
+        except requests.ConnectionError as exc:
+            metrics.API_ERRORS.labels(call, "connection").inc()
+            raise TransientApiError(call, f"cannot reach {self.settings.url}") from exc
+        finally:
+            metrics.API_LATENCY.labels(call).observe(time.monotonic() - started)
+        return self._decode(call, response)
+
+    def _decode(self, call: str, response: requests.Response) -> Any:
+        status = response.status_code
+        if status in TRANSIENT_STATUS:
+            metrics.API_ERRORS.labels(call, "http_5xx" if status >= 500 else "http_4xx").inc()
+            raise TransientApiError(
+                call,
+                f"HTTP {status}: {server_reason(response)}",
+                status,
+                parse_retry_after(response.headers.get("Retry-After")),
+            )
+        if status in (401, 403):
+            metrics.API_ERRORS.labels(call, "auth").inc()
+            what = "the API key or auth string is wrong" if status == 401 else "access denied"
+            raise AuthError(call, f"HTTP {status}, {what}: {server_reason(response)}", status)
+        if status == 404:
+            metrics.API_ERRORS.labels(call, "http_4xx").inc()
+            raise NotFoundError(call, f"HTTP 404: {server_reason(response)}", status)
+        if status >= 400:
+            metrics.API_ERRORS.labels(call, "http_5xx" if status >= 500 else "http_4xx").inc()
+            raise ApiError(call, f"HTTP {status}: {server_reason(response)}", status)
+        if status == 204 or not response.content:
+            return None
+        return response.json()
+
+    # -- calls -----------------------------------------------------------------------
+
+    def health(self) -> bool:
+        return bool(self.request("health", "GET", "/health"))
+
+    def read_work_pool(self, name: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("read_work_pool", "GET", f"/work_pools/{name}")
+        return result
+
+    def create_work_pool(
+        self, name: str, pool_type: str, template: dict[str, Any]
+    ) -> dict[str, Any]:
+        body = {"name": name, "type": pool_type, "base_job_template": template}
+        result: dict[str, Any] = self.request("create_work_pool", "POST", "/work_pools/", body)
+        return result
+
+    def ensure_work_pool(
+        self, name: str, pool_type: str, template: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Read the pool, creating it when missing (a 409 means another agent won)."""
+        try:
+            return self.read_work_pool(name)
+        except NotFoundError:
+            pass
+        try:
+            pool = self.create_work_pool(name, pool_type, template)
+            log.info("created work pool %r of type %r", name, pool_type)
+            return pool
+        except ApiError as exc:
+            if exc.status != 409:
+                raise
+        return self.read_work_pool(name)
+
+    def heartbeat(self, pool: str, worker_name: str, interval: float) -> None:
+        body = {"name": worker_name, "heartbeat_interval_seconds": int(interval)}
+        self.request("heartbeat", "POST", f"/work_pools/{pool}/workers/heartbeat", body)
+
+    def get_scheduled_flow_runs(
+        self,
+        pool: str,
+        scheduled_before: datetime,
+        work_queues: Iterable[str] = (),
+        limit: int | None = None,
+    ) -> list[dict[str, Any]]:
+        body: dict[str, Any] = {"scheduled_before": scheduled_before.isoformat()}
+        queues = list(work_queues)
+        if queues:
+            body["work_queue_names"] = queues
+        if limit is not None:
+            body["limit"] = limit
+        path = f"/work_pools/{pool}/get_scheduled_flow_runs"
+        result: list[dict[str, Any]] = self.request("get_scheduled_flow_runs", "POST", path, body)
+        return result
+
+    def read_deployment(self, deployment_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request(
+            "read_deployment", "GET", f"/deployments/{deployment_id}"
+        )
+        return result
+
+    def read_flow_run(self, flow_run_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = self.request("read_flow_run", "GET", f"/flow_runs/{flow_run_id}")
+        return result
+
+    def set_flow_run_state(
+        self, flow_run_id: str, state: dict[str, Any], force: bool = False
+    ) -> dict[str, Any]:
+        """Propose a state; the answer's ``status`` is ACCEPT, REJECT, ABORT or WAIT."""
+        body = {"state": state, "force": force}
+        path = f"/flow_runs/{flow_run_id}/set_state"
+        result: dict[str, Any] = self.request("set_flow_run_state", "POST", path, body)
+        return result
+
+    def update_flow_run_labels(self, flow_run_id: str, labels: dict[str, str]) -> None:
+        self.request("update_flow_run_labels", "PATCH", f"/flow_runs/{flow_run_id}/labels", labels)
+
+    def set_infrastructure_pid(self, flow_run_id: str, infrastructure_pid: str) -> None:
+        body = {"infrastructure_pid": infrastructure_pid}
+        self.request("update_flow_run", "PATCH", f"/flow_runs/{flow_run_id}", body)
+
+    def filter_flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = self.request(
+            "filter_flow_runs", "POST", "/flow_runs/filter", body
+        )
+        return result
+
+
+def is_final(flow_run: dict[str, Any]) -> bool:
+    state = flow_run.get("state") or {}
+    return state.get("type") in FINAL_STATE_TYPES

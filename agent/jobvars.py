@@ -1,0 +1,139 @@
+"""The pool's job template, job-variable merging and validation, label matching. Pure."""
+
+from __future__ import annotations
+
+import copy
+import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agent.errors import JobVariableError
+
+_OPTIONAL_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}
+
+# Every {{ placeholder }} of job_configuration is a property of variables, as the
+# server requires for a custom pool type.
+BASE_JOB_TEMPLATE: dict[str, Any] = {
+    "job_configuration": {
+        "command": "{{ command }}",
+        "env": "{{ env }}",
+        "working_dir": "{{ working_dir }}",
+        "labels": "{{ labels }}",
+    },
+    "variables": {
+        "type": "object",
+        "properties": {
+            "command": {
+                **_OPTIONAL_STRING,
+                "title": "Command",
+                "description": "Command to run instead of `python -m prefect.engine`.",
+            },
+            "env": {
+                "type": "object",
+                "additionalProperties": {"type": "string"},
+                "default": {},
+                "title": "Environment variables",
+                "description": "Added to the flow run's environment.",
+            },
+            "working_dir": {
+                **_OPTIONAL_STRING,
+                "title": "Working directory",
+                "description": "The flow run process's working directory; must exist.",
+            },
+            "labels": {
+                "type": "array",
+                "items": {"type": "string"},
+                "default": [],
+                "title": "Labels",
+                "description": "Only agents having every one of these labels run the flow.",
+            },
+        },
+    },
+}
+
+
+def base_job_template() -> dict[str, Any]:
+    return copy.deepcopy(BASE_JOB_TEMPLATE)
+
+
+def template_defaults(template: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``default`` of each variable of a pool's base job template."""
+    props = ((template or {}).get("variables") or {}).get("properties") or {}
+    return {
+        name: copy.deepcopy(prop["default"])
+        for name, prop in props.items()
+        if isinstance(prop, Mapping) and "default" in prop
+    }
+
+
+def merge_job_variables(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Later layers win: ``env`` merges key by key, every other key is replaced.
+
+    Call as ``merge_job_variables(pool_defaults, deployment_vars, flow_run_vars)``.
+    """
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        for key, value in (layer or {}).items():
+            if key == "env" and isinstance(value, Mapping) and isinstance(merged.get("env"), dict):
+                merged["env"] = {**merged["env"], **value}
+            else:
+                merged[key] = copy.deepcopy(value)
+    return merged
+
+
+@dataclass(frozen=True)
+class JobVariables:
+    """Job variables after type checks; what the worker runs from."""
+
+    command: tuple[str, ...] | None = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    labels: frozenset[str] = frozenset()
+
+
+def parse_labels(value: Any) -> frozenset[str]:
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+        raise JobVariableError(
+            f"job variable `labels` must be a list of strings, got {type(value).__name__}"
+        )
+    return frozenset(value)
+
+
+def validate_job_variables(raw: Mapping[str, Any]) -> JobVariables:
+    """Type-check the merged job variables; the error names the variable at fault."""
+    command = raw.get("command")
+    argv: tuple[str, ...] | None = None
+    if command is not None:
+        if not isinstance(command, str):
+            raise JobVariableError(
+                f"job variable `command` must be a string, got {type(command).__name__}"
+            )
+        try:
+            argv = tuple(shlex.split(command))
+        except ValueError as exc:
+            raise JobVariableError(f"job variable `command` cannot be parsed: {exc}") from None
+        argv = argv or None
+    env = raw.get("env") or {}
+    if not isinstance(env, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise JobVariableError("job variable `env` must be a mapping of strings to strings")
+    working_dir = raw.get("working_dir")
+    if working_dir is not None and not isinstance(working_dir, str):
+        raise JobVariableError(
+            f"job variable `working_dir` must be a string, got {type(working_dir).__name__}"
+        )
+    return JobVariables(
+        command=argv,
+        env=dict(env),
+        working_dir=working_dir or None,
+        labels=parse_labels(raw.get("labels")),
+    )
+
+
+def labels_match(run_labels: frozenset[str], agent_labels: frozenset[str]) -> bool:
+    """A run is eligible when every label it asks for is one of the agent's."""
+    return run_labels <= agent_labels

@@ -1,0 +1,132 @@
+"""Launching: given a run's argv, env and cwd, start its process; hand back a handle.
+
+This is the one seam between the worker and how processes are made. Today: a cold
+``subprocess.Popen`` of the per-run shim, which starts the flow. A warm launcher (an
+interpreter with prefect imported that forks per run) would implement the same
+``Launcher`` protocol, and the worker would not change.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agent import shim
+
+
+@dataclass(frozen=True)
+class ExitStatus:
+    returncode: int | None  # the flow's; negative = killed by that signal
+    error: str | None = None  # why it never started, or why no status was recorded
+
+    def describe(self) -> str:
+        if self.error:
+            return self.error
+        if self.returncode is None:
+            return "exited without recording an exit status"
+        if self.returncode < 0:
+            try:
+                name = signal.Signals(-self.returncode).name
+            except ValueError:
+                name = f"signal {-self.returncode}"
+            return f"was terminated by signal {name} ({-self.returncode})"
+        return f"exited with status code {self.returncode}"
+
+
+class RunHandle(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+    def wait(self) -> ExitStatus: ...
+
+
+class Launcher(Protocol):
+    def start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        run_dir: Path,
+        keep_fds: Sequence[int],
+        echo_prefix: str | None,
+    ) -> RunHandle: ...
+
+
+def read_status(run_dir: Path) -> dict[str, object]:
+    try:
+        body = json.loads((run_dir / shim.STATUS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+class ShimHandle:
+    def __init__(self, proc: subprocess.Popen[bytes], run_dir: Path) -> None:
+        self._proc, self._run_dir = proc, run_dir
+
+    @property
+    def pid(self) -> int:
+        """The shim's pid, which is also the run's process group and session id."""
+        return self._proc.pid
+
+    def wait(self) -> ExitStatus:
+        shim_code = self._proc.wait()
+        status = read_status(self._run_dir)
+        code = status.get("returncode")
+        if isinstance(code, int):
+            error = status.get("error")
+            return ExitStatus(code, str(error) if error else None)
+        return ExitStatus(None, f"its supervising shim ended with {shim_code} before the flow did")
+
+
+class ShimLauncher:
+    def __init__(self, max_log_bytes: int, python: str = sys.executable) -> None:
+        self.max_log_bytes = max_log_bytes
+        self.python = python  # the agent's interpreter, which can import agent.shim
+
+    def start(
+        self,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        cwd: str,
+        run_dir: Path,
+        keep_fds: Sequence[int],
+        echo_prefix: str | None,
+    ) -> ShimHandle:
+        (run_dir / shim.STATUS_FILE).unlink(missing_ok=True)
+        cmd = [
+            self.python,
+            "-I",
+            "-m",
+            "agent.shim",
+            "--run-dir",
+            str(run_dir),
+            "--max-bytes",
+            str(self.max_log_bytes),
+        ]
+        if echo_prefix is not None:
+            cmd += ["--echo", "--prefix", echo_prefix]
+        cmd += ["--", *argv]
+        proc = subprocess.Popen(
+            cmd,
+            env=dict(env),
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            # With --echo the flow's output goes to the worker's stdout (supervisor's log).
+            stdout=None if echo_prefix is not None else subprocess.DEVNULL,
+            stderr=None,
+            start_new_session=True,  # outlives the worker and supervisor's group signals
+            pass_fds=tuple(keep_fds),  # the spec's lease lives as long as the run
+        )
+        return ShimHandle(proc, run_dir)
+
+
+def is_missing_dir(path: str) -> bool:
+    return not os.path.isdir(path)

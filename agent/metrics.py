@@ -1,0 +1,120 @@
+"""Prometheus metrics of every agent process.
+
+Under supervisord, ``PROMETHEUS_MULTIPROC_DIR`` is set before any import, so each
+process writes its own mmap files and the poller's ``/metrics`` merges them. Without
+it (a poller run by hand) the default registry of the one process is served.
+Labels are of bounded cardinality only: never a flow run id.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+POLLS = Counter("agent_polls_total", "Polls of the Prefect API for scheduled flow runs")
+POLL_ERRORS = Counter("agent_poll_errors_total", "Polls that failed")
+CLAIMED = Counter("agent_flow_runs_claimed_total", "Flow runs claimed (set Pending) by this agent")
+CLAIM_CONFLICTS = Counter(
+    "agent_claim_conflicts_total",
+    "Claims the server refused",
+    ["reason"],  # taken | concurrency_limit | other
+)
+STARTED = Counter("agent_flow_runs_started_total", "Flow run processes started")
+FINISHED = Counter(
+    "agent_flow_runs_finished_total",
+    "Flow runs finished on this host, by outcome",
+    ["outcome"],  # completed | failed | crashed | cancelled
+)
+RUN_DURATION = Histogram(
+    "agent_flow_run_duration_seconds",
+    "Flow run process wall time",
+    buckets=(1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600, 24 * 3600),
+)
+START_DELAY = Histogram(
+    "agent_flow_run_start_delay_seconds",
+    "Scheduled start time to process start",
+    buckets=(0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600),
+)
+LAST_POLL = Gauge(
+    "agent_last_successful_poll_timestamp_seconds",
+    "Unix time of the last successful poll",
+    multiprocess_mode="mostrecent",
+)
+API_LATENCY = Histogram(
+    "agent_api_request_duration_seconds",
+    "Prefect API request latency by endpoint",
+    ["endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+API_ERRORS = Counter(
+    "agent_api_errors_total",
+    "Failed Prefect API requests by endpoint and kind",
+    ["endpoint", "kind"],  # kind: connection | timeout | http_4xx | http_5xx | auth
+)
+INFO = Gauge(
+    "agent_info",
+    "Constant 1, labelled with the agent's version, name and pool",
+    ["version", "name", "pool"],
+    multiprocess_mode="mostrecent",
+)
+
+
+class ScrapeTimeCollector(Collector):
+    """Values read from disk at scrape time: spool depth and worker states."""
+
+    def __init__(
+        self,
+        spool_depth: Callable[[], dict[str, int]],
+        worker_states: Callable[[], dict[str, int]],
+    ) -> None:
+        self._spool_depth = spool_depth
+        self._worker_states = worker_states
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        spool = GaugeMetricFamily(
+            "agent_spool_runs", "Flow runs in the spool by state", labels=["state"]
+        )
+        for state, count in sorted(self._spool_depth().items()):
+            spool.add_metric([state], count)
+        workers = GaugeMetricFamily("agent_workers", "Worker processes by state", labels=["state"])
+        for state, count in sorted(self._worker_states().items()):
+            workers.add_metric([state], count)
+        return [spool, workers]
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def render(extra: Collector | None = None) -> bytes:
+    """The Prometheus text exposition of all agent processes plus ``extra``."""
+    if multiprocess_dir():
+        # A fresh registry per scrape, as prometheus_client's multiprocess docs require.
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        if extra is not None:
+            registry.register(extra)
+        return generate_latest(registry)
+    if extra is not None:
+        scratch = CollectorRegistry()
+        scratch.register(extra)
+        return generate_latest(REGISTRY) + generate_latest(scratch)
+    return generate_latest(REGISTRY)
+
+
+def mark_process_dead(pid: int) -> None:
+    """Drop a finished process's live gauges (counters and histograms keep counting)."""
+    if multiprocess_dir():
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]

@@ -1,0 +1,329 @@
+"""The poller: registers with the pool, polls for due runs, claims what its workers
+can take, and hands each claimed run to the workers through the spool.
+
+It holds no run in memory that is not also on disk: a spec is written ahead to tmp/
+before the claim and published to new/ after it.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta, timezone
+from types import FrameType
+from typing import Any
+
+from agent import __version__, defaults, metrics
+from agent.api import PrefectClient
+from agent.backoff import next_poll_interval
+from agent.claim import Claim, interpret, is_our_pending, pending_state
+from agent.config import PollerConfig
+from agent.errors import RET_OK, ApiError, JobVariableError, NotFoundError, SpecError, SpoolError
+from agent.jobvars import (
+    base_job_template,
+    labels_match,
+    merge_job_variables,
+    parse_labels,
+    template_defaults,
+)
+from agent.registry import IDLE, Registry
+from agent.spec import JobSpec, dumps, loads
+from agent.spool import NEW, TMP, Spool
+
+log = logging.getLogger(__name__)
+
+
+class Poller:
+    def __init__(
+        self,
+        config: PollerConfig,
+        client: PrefectClient,
+        spool: Spool,
+        registry: Registry,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.spool = spool
+        self.registry = registry
+        self.polls = 0
+        self.started_at = time.time()
+        self.last_success: float | None = None
+        self.last_error: str | None = None
+        self.spool_error: str | None = None
+        self.interval = config.poll_interval_min
+        self.backlog = False  # eligible runs were left because no worker was free
+        self._pool_defaults: dict[str, Any] | None = None
+        self._last_heartbeat = float("-inf")
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+
+    # -- control ---------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        log.info("%s: no new claims; exiting", signal.Signals(signum).name)
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def poke(self) -> None:
+        """Poll now (GET /api/poke)."""
+        self._wake.set()
+
+    # -- the loop --------------------------------------------------------------------
+
+    def run(self) -> int:
+        log.info(
+            "agent %s %s: pool %r, labels %s, spool %s",
+            self.config.name,
+            __version__,
+            self.config.pool,
+            sorted(self.config.labels),
+            self.spool.root,
+        )
+        metrics.INFO.labels(__version__, self.config.name, self.config.pool).set(1)
+        while not self._stop.is_set():
+            self.tick()
+            if self.config.max_polls is not None and self.polls >= self.config.max_polls:
+                log.info("reached --max-polls %d; exiting", self.config.max_polls)
+                break
+            self._sleep(self.interval)
+        return RET_OK
+
+    def tick(self) -> int:
+        """One round: pool set-up if needed, heartbeat, reconcile, poll and claim."""
+        claimed = 0
+        try:
+            if self._pool_defaults is None:
+                self._setup_pool()
+            self._heartbeat_if_due()
+            self.reconcile_tmp()
+            claimed = self.poll_once()
+            self.last_error = None
+        except ApiError as exc:
+            metrics.POLL_ERRORS.inc()
+            self.last_error = str(exc)
+            log.error("poll failed, will retry in %.1fs: %s", self.interval, exc)
+        self.polls += 1
+        self.interval = next_poll_interval(
+            self.interval, claimed > 0, self.config.poll_interval_min, self.config.poll_interval_max
+        )
+        return claimed
+
+    def _sleep(self, seconds: float) -> None:
+        """Wait for the next poll; wake early on poke, stop, or a freed worker with a backlog."""
+        deadline = time.monotonic() + seconds
+        while not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            if self._wake.wait(min(remaining, defaults.LOCAL_CHECK_SECONDS)):
+                self._wake.clear()
+                return
+            if self.backlog and self.free_slots() > 0:
+                return
+
+    def _setup_pool(self) -> None:
+        pool = self.client.ensure_work_pool(
+            self.config.pool, defaults.POOL_TYPE, base_job_template()
+        )
+        if pool.get("type") != defaults.POOL_TYPE:
+            log.warning(
+                "work pool %r has type %r, not %r: other workers may take its runs too",
+                self.config.pool,
+                pool.get("type"),
+                defaults.POOL_TYPE,
+            )
+        self._pool_defaults = template_defaults(pool.get("base_job_template"))
+
+    def _heartbeat_if_due(self) -> None:
+        now = time.monotonic()
+        if now - self._last_heartbeat < self.config.heartbeat_seconds:
+            return
+        self.client.heartbeat(self.config.pool, self.config.name, self.config.heartbeat_seconds)
+        self._last_heartbeat = now
+
+    # -- claiming --------------------------------------------------------------------
+
+    def free_slots(self) -> int:
+        """Idle live workers minus specs already waiting for one."""
+        idle = self.registry.counts()[IDLE]
+        return max(0, idle - self.spool.count(NEW))
+
+    def poll_once(self) -> int:
+        free = self.free_slots()
+        now = datetime.now(timezone.utc)
+        runs = self.client.get_scheduled_flow_runs(
+            self.config.pool,
+            now + timedelta(seconds=self.config.prefetch_seconds),
+            self.config.work_queues,
+            defaults.POLL_LIMIT,
+        )
+        metrics.POLLS.inc()
+        self.last_success = time.time()
+        metrics.LAST_POLL.set(self.last_success)
+        self.backlog = False
+        claimed = 0
+        deployments: dict[str, dict[str, Any] | None] = {}
+        for item in runs:
+            flow_run = item["flow_run"]
+            job_variables = self._job_variables(flow_run, deployments)
+            if job_variables is None:
+                continue
+            try:
+                labels = parse_labels(job_variables.get("labels"))
+            except JobVariableError:
+                labels = frozenset()  # claim it: the worker fails it, naming the variable
+            if not labels_match(labels, self.config.labels):
+                log.debug("flow run %s needs labels %s: not for us", flow_run["id"], sorted(labels))
+                continue
+            if claimed >= free:
+                self.backlog = True
+                break
+            try:
+                if self.claim(flow_run, job_variables):
+                    claimed += 1
+            except SpoolError as exc:
+                self.spool_error = str(exc)
+                log.error("spool not writable, claiming nothing: %s", exc)
+                break
+        else:
+            self.spool_error = None
+        return claimed
+
+    def _job_variables(
+        self, flow_run: dict[str, Any], cache: dict[str, dict[str, Any] | None]
+    ) -> dict[str, Any] | None:
+        """Pool defaults < deployment < flow run; None when the deployment is gone."""
+        deployment_id = flow_run.get("deployment_id")
+        deployment: dict[str, Any] | None = {}
+        if deployment_id:
+            if deployment_id not in cache:
+                try:
+                    cache[deployment_id] = self.client.read_deployment(deployment_id)
+                except NotFoundError:
+                    cache[deployment_id] = None
+            deployment = cache[deployment_id]
+            if deployment is None:
+                self._cancel_orphan(flow_run["id"], deployment_id)
+                return None
+        return merge_job_variables(
+            self._pool_defaults,
+            (deployment or {}).get("job_variables"),
+            flow_run.get("job_variables"),
+        )
+
+    def _cancel_orphan(self, flow_run_id: str, deployment_id: str) -> None:
+        message = f"Deployment {deployment_id} was deleted; flow run cancelled, not run."
+        state = {"type": "CANCELLED", "name": "Cancelled", "message": message}
+        answer = self.client.set_flow_run_state(flow_run_id, state)
+        log.warning("flow run %s: %s (%s)", flow_run_id, message, answer.get("status"))
+
+    def claim(self, flow_run: dict[str, Any], job_variables: dict[str, Any]) -> bool:
+        """Write ahead, propose Pending, then publish (ours) or discard (not ours)."""
+        run_id = flow_run["id"]
+        transition_id = str(uuid.uuid4())
+        spec = JobSpec(
+            flow_run_id=run_id,
+            pool=self.config.pool,
+            transition_id=transition_id,
+            agent_name=self.config.name,
+            flow_run_name=flow_run.get("name") or "",
+            deployment_id=flow_run.get("deployment_id"),
+            scheduled_start=flow_run.get("next_scheduled_start_time")
+            or flow_run.get("expected_start_time"),
+            claimed_at=time.time(),
+            job_variables=job_variables,
+            env_vars=dict(self.config.env_vars),
+            import_paths=list(self.config.import_paths),
+            show_flow_logs=self.config.show_flow_logs,
+        )
+        self.spool.write_ahead(run_id, dumps(spec))
+        try:
+            answer = self.client.set_flow_run_state(run_id, pending_state(transition_id))
+        except ApiError:
+            # The server may have committed the claim: the spec stays in tmp/ and the
+            # next reconcile asks the server whose Pending it is.
+            log.warning("flow run %s: claim reply lost; will reconcile", run_id)
+            raise
+        result = interpret(answer, transition_id)
+        if result.claim is Claim.ACCEPTED:
+            self.spool.publish(run_id)
+            metrics.CLAIMED.inc()
+            log.info("flow run %s (%s) claimed", run_id, spec.flow_run_name)
+            self._label(run_id)
+            return True
+        self.spool.discard(run_id)
+        if result.claim is Claim.WAIT:
+            log.info("flow run %s: server asks to wait %.1fs", run_id, result.delay)
+        else:
+            metrics.CLAIM_CONFLICTS.labels(result.claim.value).inc()
+            log.info("flow run %s not claimed (%s): %s", run_id, result.claim.value, result.reason)
+        return False
+
+    def _label(self, run_id: str) -> None:
+        labels = {
+            "prefect.worker.name": self.config.name,
+            "prefect.work-pool.name": self.config.pool,
+            "local-agent.host": self.config.hostname,
+        }
+        try:
+            self.client.update_flow_run_labels(run_id, labels)
+        except ApiError as exc:
+            log.warning("flow run %s: could not label it: %s", run_id, exc)
+
+    def reconcile_tmp(self) -> None:
+        """Settle write-ahead specs left by a lost reply or a crash between claim and publish.
+
+        This poller is the spool's only writer (it holds the poller lock), so at the
+        start of a tick nothing in tmp/ is in flight.
+        """
+        for run_id, _age in self.spool.tmp_ages():
+            try:
+                spec = loads(self.spool.read(TMP, run_id))
+            except (OSError, SpecError):
+                self.spool.discard(run_id)  # never complete, so never used to claim
+                continue
+            try:
+                flow_run = self.client.read_flow_run(run_id)
+            except NotFoundError:
+                self.spool.discard(run_id)
+                continue
+            if is_our_pending(flow_run.get("state"), spec.transition_id):
+                log.info("flow run %s: earlier claim had succeeded; publishing", run_id)
+                self.spool.publish(run_id)
+                metrics.CLAIMED.inc()
+                self._label(run_id)
+            else:
+                self.spool.discard(run_id)
+
+    # -- health ----------------------------------------------------------------------
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        now = time.time()
+        max_age = max(3 * self.config.poll_interval_max, 30.0)
+        since = self.last_success if self.last_success is not None else self.started_at
+        poll_ok = now - since <= max_age
+        workers = self.registry.counts()
+        writable = self.spool.writable() and self.spool_error is None
+        checks: dict[str, Any] = {
+            "poll": {
+                "ok": poll_ok,
+                "last_successful_poll_age_seconds": (
+                    None if self.last_success is None else round(now - self.last_success, 3)
+                ),
+                "max_age_seconds": max_age,
+                "last_error": self.last_error,
+            },
+            "workers": {"ok": workers["idle"] + workers["busy"] > 0, **workers},
+            "spool": {"ok": writable, "path": str(self.spool.root), "error": self.spool_error},
+        }
+        return all(c["ok"] for c in checks.values()), checks

@@ -1,0 +1,129 @@
+"""The per-run shim: parent of one flow run process, like Podman's conmon.
+
+Started by a worker in a new session, as ``python -I -m agent.shim``, it starts the
+flow run, copies its output to a bounded log (and, with --echo, to its own stdout
+with a prefix), and when the flow ends writes the exit status atomically to
+``status.json``. It does not depend on the worker: if the worker dies, the flow and
+the shim go on and the real exit status is still recorded. It inherits the worker's
+lease on the spec, so the lease lasts as long as the run does.
+
+Standard library only, and it ignores SIGTERM/SIGINT/SIGHUP so that a signal meant for
+the flow's process group cannot stop it from recording the exit status.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import BinaryIO
+
+STATUS_FILE = "status.json"
+LOG_FILE = "output.log"
+
+
+class BoundedLog:
+    """Appends to ``output.log``; past ``max_bytes`` it rotates once to ``output.log.1``,
+    so at most twice the bound is kept and the latest output is always there."""
+
+    def __init__(self, path: Path, max_bytes: int) -> None:
+        self.path, self.max_bytes = path, max_bytes
+        self.file: BinaryIO = open(path, "ab")  # noqa: SIM115 - lives as long as the run
+        self.size = self.file.tell()
+
+    def write(self, data: bytes) -> None:
+        if self.size + len(data) > self.max_bytes and self.size > 0:
+            self.file.close()
+            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            self.file = open(self.path, "ab")  # noqa: SIM115
+            self.size = 0
+        self.file.write(data)
+        self.file.flush()
+        self.size += len(data)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def write_status(run_dir: Path, status: dict[str, object]) -> None:
+    tmp = run_dir / f".{STATUS_FILE}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(status, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, run_dir / STATUS_FILE)
+    fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _restore_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
+
+
+def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool) -> int:
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_IGN)
+    log = BoundedLog(run_dir / LOG_FILE, max_bytes)
+    started = time.time()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_restore_signals,  # the flow must get the signals the shim ignores
+        )
+    except OSError as exc:
+        # Not a flow failure the engine could report: say so in the status.
+        message = f"cannot start {argv[0]!r}: {exc.strerror}"
+        log.write(f"local-agent: {message}\n".encode())
+        log.close()
+        write_status(
+            run_dir, {"returncode": 127, "error": message, "started": started, "ended": time.time()}
+        )
+        return 0
+    write_status(run_dir, {"pid": proc.pid, "started": started})
+    assert proc.stdout is not None
+    out = sys.stdout.buffer
+    for line in iter(proc.stdout.readline, b""):
+        log.write(line)
+        if echo:
+            try:
+                out.write(prefix.encode() + line)
+                out.flush()
+            except (BrokenPipeError, OSError):
+                echo = False  # the worker's stdout is gone (worker died): keep the log
+    returncode = proc.wait()
+    log.close()
+    write_status(
+        run_dir,
+        {"pid": proc.pid, "returncode": returncode, "started": started, "ended": time.time()},
+    )
+    return 0
+
+
+def main(args: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="agent.shim")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--max-bytes", type=int, required=True)
+    parser.add_argument("--prefix", default="")
+    parser.add_argument("--echo", action="store_true")
+    parser.add_argument("argv", nargs=argparse.REMAINDER)
+    ns = parser.parse_args(args)
+    argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
+    if not argv:
+        parser.error("no command given after --")
+    return run(ns.run_dir, argv, ns.max_bytes, ns.prefix, ns.echo)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The spool: a maildir-style directory; a run's state on this host is its folder.
+
+    tmp/   written ahead, before the claim          (the poller)
+    new/   claimed, waiting for a worker            (published by the poller)
+    cur/   taken by a worker, leased by flock       (while its process runs)
+    done/  finished; ``<id>.outcome`` says how
+    failed/ refused: unreadable spec or another pool; ``<id>.reason`` says why
+    runs/<id>/ the run's output log and exit status (not a state folder)
+
+This module is the only code that moves spec files. Legal moves:
+tmp->new (publish), tmp->gone (discard), new->cur (take), cur->done (finish),
+new|cur->failed (refuse). Everything lives on one filesystem, so every move is an
+atomic rename or link (never shutil.move, which silently copies across filesystems).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.errors import SpoolError
+
+log = logging.getLogger(__name__)
+
+TMP, NEW, CUR, DONE, FAILED, RUNS = "tmp", "new", "cur", "done", "failed", "runs"
+STATE_DIRS = (TMP, NEW, CUR, DONE, FAILED)
+SUFFIX = ".json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file_durably(path: Path, data: bytes) -> None:
+    """Create ``path`` exclusively, owner-only, write every byte, fsync, close."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    except BaseException:
+        os.close(fd)
+        path.unlink(missing_ok=True)
+        raise
+    os.close(fd)
+
+
+def replace_file_durably(path: Path, data: bytes) -> None:
+    """Atomically replace ``path`` (write a temp name beside it, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    write_file_durably(tmp, data)
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@dataclass
+class Lease:
+    """A spec taken by this process. The flock lives as long as ``fd`` is open in any
+    process (the per-run shim inherits it), so a dead owner frees the run for adoption."""
+
+    run_id: str
+    path: Path
+    fd: int
+    data: bytes
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class Spool:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def dir(self, state: str) -> Path:
+        return self.root / state
+
+    def _path(self, state: str, run_id: str) -> Path:
+        return self.root / state / f"{run_id}{SUFFIX}"
+
+    def ensure(self) -> None:
+        """Create the folders, owner-only, and check they share one filesystem."""
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self.root, 0o700)
+            for name in (*STATE_DIRS, RUNS):
+                self.dir(name).mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create spool {self.root}: {exc}") from exc
+        devices = {os.stat(self.dir(name)).st_dev for name in STATE_DIRS}
+        if len(devices) != 1:
+            raise SpoolError(f"spool {self.root}: tmp/new/cur/done must be on one filesystem")
+
+    # -- listing ---------------------------------------------------------------------
+
+    def run_ids(self, state: str) -> list[str]:
+        """Run ids in a state folder, oldest first (by mtime, then name)."""
+        entries = []
+        try:
+            with os.scandir(self.dir(state)) as it:
+                for entry in it:
+                    if entry.name.endswith(SUFFIX) and not entry.name.startswith("."):
+                        try:
+                            entries.append((entry.stat().st_mtime, entry.name[: -len(SUFFIX)]))
+                        except FileNotFoundError:
+                            continue  # moved while we looked
+        except FileNotFoundError:
+            return []
+        return [run_id for _, run_id in sorted(entries)]
+
+    def count(self, state: str) -> int:
+        return len(self.run_ids(state))
+
+    def depth(self) -> dict[str, int]:
+        return {"waiting": self.count(NEW), "running": self.count(CUR)}
+
+    def tmp_ages(self, now: float | None = None) -> Iterator[tuple[str, float]]:
+        now = time.time() if now is None else now
+        for run_id in self.run_ids(TMP):
+            try:
+                yield run_id, now - self._path(TMP, run_id).stat().st_mtime
+            except FileNotFoundError:
+                continue
+
+    def read(self, state: str, run_id: str) -> bytes:
+        return self._path(state, run_id).read_bytes()
+
+    def contains(self, run_id: str) -> str | None:
+        """The state folder holding ``run_id``, if any."""
+        for state in STATE_DIRS:
+            if self._path(state, run_id).exists():
+                return state
+        return None
+
+    def writable(self) -> bool:
+        return os.access(self.dir(TMP), os.W_OK) and os.access(self.dir(NEW), os.W_OK)
+
+    # -- the poller's moves ----------------------------------------------------------
+
+    def write_ahead(self, run_id: str, data: bytes) -> None:
+        """Write a spec to tmp/ durably; a half-written one never leaves tmp/."""
+        path = self._path(TMP, run_id)
+        try:
+            path.unlink(missing_ok=True)  # a leftover of ours for the same run
+            write_file_durably(path, data)
+            _fsync_dir(path.parent)
+        except OSError as exc:
+            raise SpoolError(f"cannot write spec for flow run {run_id}: {exc}") from exc
+
+    def publish(self, run_id: str) -> None:
+        """tmp -> new, by link then unlink (EEXIST means a second delivery: keep one)."""
+        src, dst = self._path(TMP, run_id), self._path(NEW, run_id)
+        try:
+            os.link(src, dst)
+        except FileExistsError:
+            log.warning("flow run %s was already waiting in the spool; kept one copy", run_id)
+        except OSError as exc:
+            raise SpoolError(f"cannot publish spec for flow run {run_id}: {exc}") from exc
+        try:
+            _fsync_dir(dst.parent)
+            src.unlink()
+            _fsync_dir(src.parent)
+        except OSError as exc:
+            # The spec is visible in new/ already; a stale tmp copy is dropped on reconcile.
+            log.warning("flow run %s published, but tmp cleanup failed: %s", run_id, exc)
+
+    def discard(self, run_id: str) -> None:
+        """Drop a write-ahead spec whose claim did not succeed."""
+        self._path(TMP, run_id).unlink(missing_ok=True)
+
+    # -- the worker's moves ----------------------------------------------------------
+
+    def take(self) -> Lease | None:
+        """Take the oldest waiting spec: flock it, then rename new -> cur.
+
+        Locking before the rename means a spec in cur/ is never unlocked while its
+        owner lives. Of racing workers exactly one wins the rename; the others see
+        the lock held or the file gone and move on.
+        """
+        for run_id in self.run_ids(NEW):
+            src = self._path(NEW, run_id)
+            try:
+                fd = os.open(src, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                dst = self._path(CUR, run_id)
+                os.rename(src, dst)
+            except (BlockingIOError, FileNotFoundError):
+                os.close(fd)
+                continue  # lost the race to another worker
+            except OSError as exc:
+                os.close(fd)
+                raise SpoolError(f"cannot take spec for flow run {run_id}: {exc}") from exc
+            try:
+                _fsync_dir(dst.parent)
+                data = os.pread(fd, 1 << 24, 0)
+            except OSError as exc:
+                os.close(fd)
+                raise SpoolError(f"cannot read spec for flow run {run_id}: {exc}") from exc
+            return Lease(run_id, dst, fd, data)
+        return None
+
+    def finish(self, lease: Lease, outcome: str) -> None:
+        """cur -> done, with the outcome beside it; releases the lease."""
+        dst = self._path(DONE, lease.run_id)
+        try:
+            replace_file_durably(
+                self.dir(DONE) / f"{lease.run_id}.outcome",
+                json.dumps({"outcome": outcome, "at": time.time()}).encode(),
+            )
+            os.rename(lease.path, dst)
+            _fsync_dir(dst.parent)
+        except OSError as exc:
+            raise SpoolError(f"cannot finish flow run {lease.run_id}: {exc}") from exc
+        finally:
+            lease.release()
+
+    def refuse(self, lease: Lease, reason: str) -> None:
+        """cur -> failed, with the reason beside it; releases the lease."""
+        dst = self._path(FAILED, lease.run_id)
+        try:
+            replace_file_durably(self.dir(FAILED) / f"{lease.run_id}.reason", reason.encode())
+            os.rename(lease.path, dst)
+            _fsync_dir(dst.parent)
+        except OSError as exc:
+            raise SpoolError(f"cannot move spec of {lease.run_id} aside: {exc}") from exc
+        finally:
+            lease.release()
+
+    def run_dir(self, run_id: str) -> Path:
+        """Per-run folder for the output log and the exit status."""
+        path = self.dir(RUNS) / run_id
+        try:
+            path.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create run folder {path}: {exc}") from exc
+        return path
+
+
+def is_enospc(exc: BaseException) -> bool:
+    cause = exc.__cause__ if isinstance(exc, SpoolError) else exc
+    return isinstance(cause, OSError) and cause.errno == errno.ENOSPC
+
+
+def lock_poller(root: Path) -> int:
+    """One poller per spool: hold ``poller.lock`` for the process's life (returns the fd)."""
+    fd = os.open(root / "poller.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SpoolError(f"another poller is already using spool {root}") from None
+    return fd

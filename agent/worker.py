@@ -1,0 +1,234 @@
+"""A worker process: takes one spec at a time from the spool and runs its flow.
+
+Loop: take the oldest spec (lease) -> check it -> start the flow through the launcher
+-> wait -> settle: the engine reports Completed/Failed itself; if the run is not
+final when its process ends, report Crashed -> move the spec to done/.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from agent import metrics
+from agent.api import FINAL_STATE_TYPES, PrefectClient, is_final
+from agent.config import WorkerConfig
+from agent.environment import build_argv, build_env
+from agent.errors import RET_OK, ApiError, JobVariableError, SpecError, SpoolError
+from agent.jobvars import validate_job_variables
+from agent.launcher import ExitStatus, Launcher
+from agent.registry import BUSY, IDLE, Registry
+from agent.spec import JobSpec, loads
+from agent.spool import Lease, Spool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    name: str  # completed | failed | crashed | cancelled
+    message: str = ""
+
+
+def crash_message(status: ExitStatus) -> str:
+    return f"Flow run infrastructure {status.describe()} without reporting a final state."
+
+
+def parse_time(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class Worker:
+    def __init__(
+        self,
+        config: WorkerConfig,
+        client: PrefectClient,
+        spool: Spool,
+        registry: Registry,
+        launcher: Launcher,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.spool = spool
+        self.registry = registry
+        self.launcher = launcher
+        self.environ = dict(os.environ if environ is None else environ)
+        self._stop = threading.Event()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        if self._stop.is_set():
+            # A second signal: leave at once. The flow runs on in its own session.
+            log.warning("second %s: exiting now", signal.Signals(signum).name)
+            os._exit(RET_OK)
+        log.info("%s: taking no new runs; the current one will finish", signal.Signals(signum).name)
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        self.spool.ensure()
+        self.registry.register(self.config.worker_id)
+        log.info("worker %s ready, spool %s", self.config.worker_id, self.spool.root)
+        try:
+            while not self._stop.is_set():
+                lease = self.spool.take()
+                if lease is None:
+                    self._stop.wait(self.config.idle_sleep)
+                    continue
+                self.registry.set_state(BUSY, lease.run_id)
+                try:
+                    self.handle(lease)
+                finally:
+                    lease.release()
+                    self.registry.set_state(IDLE)
+        finally:
+            self.registry.unregister()
+            metrics.mark_process_dead(os.getpid())
+        log.info("worker %s stopped", self.config.worker_id)
+        return RET_OK
+
+    # -- one run ---------------------------------------------------------------------
+
+    def handle(self, lease: Lease) -> None:
+        try:
+            spec = loads(lease.data)
+            if spec.flow_run_id != lease.run_id:
+                raise SpecError(
+                    f"spec is for flow run {spec.flow_run_id}, file is {lease.run_id}", lease.run_id
+                )
+            if self.config.pool and spec.pool != self.config.pool:
+                raise SpecError(
+                    f"spec is for work pool {spec.pool!r}, this agent serves {self.config.pool!r}",
+                    spec.flow_run_id,
+                )
+        except SpecError as exc:
+            self._refuse(lease, exc)
+            return
+        outcome = self._run(lease, spec)
+        metrics.FINISHED.labels(outcome.name).inc()
+        self.spool.finish(lease, outcome.name)
+        log.info("flow run %s finished: %s", spec.flow_run_id, outcome.name)
+
+    def _refuse(self, lease: Lease, exc: SpecError) -> None:
+        reason = f"Unusable job spec: {exc}"
+        log.error("flow run %s: %s; moved to failed/", lease.run_id, reason)
+        # A run of another pool is not ours to fail; any other bad spec of a known run is.
+        if exc.flow_run_id and "work pool" not in str(exc):
+            self._report_failed(exc.flow_run_id, reason)
+        self.spool.refuse(lease, reason)
+
+    def _run(self, lease: Lease, spec: JobSpec) -> Outcome:
+        run_id = spec.flow_run_id
+        try:
+            job = validate_job_variables(spec.job_variables)
+        except JobVariableError as exc:
+            message = f"Flow run {run_id} cannot start: {exc}"
+            return self._fail(run_id, message)
+        cwd = job.working_dir or os.getcwd()
+        if job.working_dir and not os.path.isdir(job.working_dir):
+            message = (
+                f"Flow run {run_id} has a nonexistent `working_dir` configured: {job.working_dir}"
+            )
+            return self._fail(run_id, message)
+        env = build_env(
+            self.environ,
+            working_dir=cwd,
+            import_paths=spec.import_paths,
+            agent_env=spec.env_vars,
+            run_env=job.env,
+            api_url=self.config.api.url,
+            secret_env=self.config.api.secret_env(),
+            flow_run_id=run_id,
+        )
+        argv = build_argv(job.command, self.config.flow_python)
+        prefix = f"[{spec.flow_run_name or run_id}] " if spec.show_flow_logs else None
+        try:
+            run_dir = self.spool.run_dir(run_id)
+            handle = self.launcher.start(argv, env, cwd, run_dir, [lease.fd], prefix)
+        except (OSError, SpoolError) as exc:
+            return self._fail(run_id, f"Flow run {run_id} could not be started: {exc}")
+        started = time.time()
+        metrics.STARTED.inc()
+        scheduled = parse_time(spec.scheduled_start)
+        if scheduled is not None:
+            metrics.START_DELAY.observe(max(0.0, started - scheduled))
+        log.info("flow run %s started: pid %s, %s", run_id, handle.pid, argv[0])
+        self._report_pid(run_id, handle.pid)
+        status = handle.wait()
+        metrics.RUN_DURATION.observe(time.time() - started)
+        log.info("flow run %s process %s", run_id, status.describe())
+        return self._settle(run_id, status)
+
+    # -- reporting -------------------------------------------------------------------
+
+    def _report_pid(self, run_id: str, pid: int) -> None:
+        try:
+            self.client.set_infrastructure_pid(run_id, f"{self.config.hostname}:{pid}")
+        except ApiError as exc:
+            log.warning("flow run %s: could not record infrastructure pid: %s", run_id, exc)
+
+    def _settle(self, run_id: str, status: ExitStatus) -> Outcome:
+        """The engine reports Completed/Failed itself; if it did not, report Crashed."""
+        try:
+            flow_run = self.client.read_flow_run(run_id)
+        except ApiError as exc:
+            log.error("flow run %s: cannot read its state: %s", run_id, exc)
+            flow_run = {}
+        if is_final(flow_run):
+            return Outcome(str(flow_run["state"]["type"]).lower())
+        message = crash_message(status)
+        state = {"type": "CRASHED", "name": "Crashed", "message": message}
+        final = self._propose(run_id, state)
+        return Outcome(final or "crashed", message)
+
+    def _fail(self, run_id: str, message: str) -> Outcome:
+        log.error("%s", message)
+        final = self._report_failed(run_id, message)
+        return Outcome(final or "failed", message)
+
+    def _report_failed(self, run_id: str, message: str) -> str | None:
+        return self._propose(run_id, {"type": "FAILED", "name": "Failed", "message": message})
+
+    def _propose(self, run_id: str, state: dict[str, Any]) -> str | None:
+        """Propose a final state; returns the run's final state type (lower case) or None.
+
+        ABORT means the run is final already (the engine got there first): keep that.
+        """
+        try:
+            answer = self.client.set_flow_run_state(run_id, state)
+        except ApiError as exc:
+            log.error("flow run %s: could not report %s: %s", run_id, state["type"], exc)
+            return None
+        if answer.get("status") == "ACCEPT":
+            return str(state["type"]).lower()
+        current = answer.get("state") or {}
+        reason = (answer.get("details") or {}).get("reason") or answer.get("status")
+        log.info(
+            "flow run %s: %s not accepted (%s); it is %s",
+            run_id,
+            state["type"],
+            reason,
+            current.get("type"),
+        )
+        kind = current.get("type")
+        return str(kind).lower() if kind in FINAL_STATE_TYPES else None
