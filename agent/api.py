@@ -23,7 +23,8 @@ from tenacity import (
     before_sleep_log,
     retry_if_exception_type,
     stop_after_delay,
-    wait_exponential_jitter,
+    wait_exponential,
+    wait_random,
 )
 
 from agent import defaults, metrics
@@ -78,11 +79,11 @@ class _RetryWait:
     """Retry-After when the server gave one, else exponential backoff with jitter."""
 
     def __init__(self) -> None:
-        self._backoff = wait_exponential_jitter(
-            initial=defaults.API_RETRY_INITIAL_WAIT,
-            max=defaults.API_RETRY_MAX_WAIT,
-            jitter=defaults.API_RETRY_INITIAL_WAIT,
-        )
+        # Exponential from the initial wait up to the cap, plus up to the initial wait of
+        # jitter, so that many agents retrying one server do not retry in step.
+        self._backoff = wait_exponential(
+            multiplier=defaults.API_RETRY_INITIAL_WAIT, max=defaults.API_RETRY_MAX_WAIT
+        ) + wait_random(0, defaults.API_RETRY_INITIAL_WAIT)
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None

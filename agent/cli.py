@@ -86,6 +86,15 @@ def api_options(func: F) -> F:
             help="Spool directory shared by the poller and its workers.",
         ),
         click.option(
+            "--api-retry-seconds",
+            type=click.FloatRange(min=0),
+            envvar="AGENT_API_RETRY_SECONDS",
+            show_envvar=True,
+            help="How long one API call retries transient failures before giving up. "
+            "Default: 20 for the poller (its loop retries anyway), 100 for workers "
+            "(an unreported outcome strands a run).",
+        ),
+        click.option(
             "--log-level",
             default="INFO",
             show_default=True,
@@ -101,12 +110,18 @@ def api_options(func: F) -> F:
 
 
 def api_settings(api: str | None, key: str | None, retry_deadline: float) -> ApiSettings:
+    """The one place the credential is read from the environment (never from argv)."""
+    """The one place the credential is read from the environment (never from argv)."""
     return ApiSettings(
         url=parse_api_url(api),
         key=key or None,
         auth_string=os.environ.get("PREFECT_API_AUTH_STRING") or None,
         retry_deadline=retry_deadline,
     )
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value
 
 
 @click.group(context_settings=CONTEXT)
@@ -201,6 +216,7 @@ def start(
     api: str | None,
     key: str | None,
     spool: Path,
+    api_retry_seconds: float | None,
     log_level: str,
     pool: str,
     work_queues: tuple[str, ...],
@@ -226,7 +242,7 @@ def start(
     )
     hostname = socket.gethostname()
     config = PollerConfig(
-        api=api_settings(api, key, defaults.API_RETRY_DEADLINE),
+        api=api_settings(api, key, _or(api_retry_seconds, defaults.API_RETRY_DEADLINE)),
         pool=pool,
         spool_dir=spool,
         name=name,
@@ -275,6 +291,7 @@ def worker(
     api: str | None,
     key: str | None,
     spool: Path,
+    api_retry_seconds: float | None,
     log_level: str,
     pool: str | None,
     flow_python: str,
@@ -287,7 +304,7 @@ def worker(
     logs.setup(log_level, os.environ.get("SUPERVISOR_PROCESS_NAME") or "worker")
     config = WorkerConfig(
         # Reporting an outcome keeps retrying longer than a poll: losing it strands a run.
-        api=api_settings(api, key, 5 * defaults.API_RETRY_DEADLINE),
+        api=api_settings(api, key, _or(api_retry_seconds, 5 * defaults.API_RETRY_DEADLINE)),
         spool_dir=spool,
         worker_id=worker_id or default_worker_id(os.environ),
         flow_python=flow_python,

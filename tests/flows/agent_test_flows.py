@@ -1,0 +1,45 @@
+"""Flows the integration tests deploy. Each records what it saw in files the test reads."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+from prefect import flow
+
+
+@flow
+def record(marker: str) -> None:
+    """Append this run's id to ``marker``: the tests count executions from it."""
+    with open(marker, "a") as f:
+        f.write(os.environ["PREFECT__FLOW_RUN_ID"] + "\n")
+
+
+@flow
+def boom() -> None:
+    raise ValueError("boom: this flow fails on purpose")
+
+
+@flow
+def hard_exit(code: int = 3) -> None:
+    sys.stdout.flush()
+    os._exit(code)
+
+
+@flow
+def show_env(out: str, keys: list[str], pause: float = 0.0) -> None:
+    """Write the named variables, PYTHONPATH entries and whether ``helper_mod`` imports."""
+    try:
+        import helper_mod  # type: ignore[import-not-found]  # found through --import-path
+
+        helper = helper_mod.VALUE
+    except ImportError:
+        helper = None
+    print("show_env ran")
+    time.sleep(pause)  # lets a test look at the live processes
+    with open(out, "w") as f:
+        json.dump(
+            {"env": {k: os.environ.get(k) for k in keys}, "helper": helper, "cwd": os.getcwd()}, f
+        )

@@ -1,0 +1,203 @@
+"""Real processes for integration tests: a Prefect server, agents, supervisord.
+
+Every process a test starts carries LOCAL_AGENT_TEST_TAG=<unique> in its environment
+(flow runs inherit it), so teardown finds and kills each one by pid, whatever state
+the test left them in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+TAG = "LOCAL_AGENT_TEST_TAG"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def tagged_pids(tag: str) -> list[int]:
+    needle = f"{TAG}={tag}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def kill_tagged(tag: str) -> list[int]:
+    """SIGKILL every process carrying ``tag``; returns the pids it found."""
+    pids = tagged_pids(tag)
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return pids
+
+
+def cmdlines() -> list[str]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                out.append((entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+    return out
+
+
+class Procs:
+    """Processes started for one test, all tagged; ``close`` kills what is left."""
+
+    def __init__(self, base_env: dict[str, str], logdir: Path) -> None:
+        self.tag = uuid.uuid4().hex
+        self.env = {**base_env, TAG: self.tag, "PATH": f"{BIN}:{os.environ['PATH']}"}
+        self.logdir = logdir
+        self.popens: list[subprocess.Popen[bytes]] = []
+
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+    ) -> subprocess.Popen[bytes]:
+        log = open(self.logdir / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+        proc = subprocess.Popen(
+            list(argv),
+            env={**self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+        )
+        log.close()
+        self.popens.append(proc)
+        return proc
+
+    def run(
+        self, argv: Sequence[str], env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            list(argv),
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def log(self, name: str) -> str:
+        path = self.logdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def close(self) -> None:
+        for proc in self.popens:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+        kill_tagged(self.tag)
+        for proc in self.popens:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=10)
+
+
+class Supervisor:
+    """supervisord with the repository's supervisord.conf, configured by environment."""
+
+    def __init__(self, procs: Procs, run_dir: Path, env: dict[str, str]) -> None:
+        self.procs, self.run_dir = procs, run_dir
+        self.env = env
+        self.conf = str(REPO / "supervisord.conf")
+
+    def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return self.procs.run(["supervisorctl", "-c", self.conf, *args], self.env, timeout)
+
+    def start(self) -> None:
+        (self.run_dir / "metrics").mkdir(parents=True, exist_ok=True)
+        result = self.procs.run(["supervisord", "-c", self.conf], self.env)
+        assert result.returncode == 0, result.stderr + result.stdout
+        wait_for((self.run_dir / "supervisor.sock").exists, 10, "supervisord's socket")
+
+    def status(self) -> dict[str, str]:
+        out = self.ctl("status").stdout
+        return {line.split()[0]: line.split()[1] for line in out.splitlines() if line.strip()}
+
+    def log(self, program: str) -> str:
+        path = self.run_dir / f"{program}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def shutdown(self) -> None:
+        pidfile = self.run_dir / "supervisord.pid"
+        if not pidfile.exists():
+            return
+        pid = int(pidfile.read_text())
+        self.ctl("shutdown", timeout=30)
+        with contextlib.suppress(AssertionError):
+            wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "supervisord to exit")
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, auth: str) -> Iterator[str]:
+    """A real Prefect 3.8.8 server on a free loopback port with its own PREFECT_HOME."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_API_AUTH_STRING": auth,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_API_URL": "",
+    }
+    log = open(home / "server.log", "ab")  # noqa: SIM115
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        import requests
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"Prefect server exited: {(home / 'server.log').read_text()}")
+            with contextlib.suppress(requests.RequestException):
+                return requests.get(f"{url}/health", timeout=2).status_code == 200
+            return False
+
+        wait_for(up, 180, "the Prefect server")
+        yield url
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
