@@ -76,9 +76,11 @@ def auth_header(settings: ApiSettings) -> dict[str, str]:
 
 
 class _RetryWait:
-    """Retry-After when the server gave one, else exponential backoff with jitter."""
+    """Retry-After when the server gave one, else exponential backoff with jitter;
+    never past the call's deadline (one last attempt happens at the deadline)."""
 
-    def __init__(self) -> None:
+    def __init__(self, deadline: float) -> None:
+        self._deadline = deadline
         # Exponential from the initial wait up to the cap, plus up to the initial wait of
         # jitter, so that many agents retrying one server do not retry in step.
         self._backoff = wait_exponential(
@@ -88,8 +90,11 @@ class _RetryWait:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, TransientApiError) and exc.retry_after is not None:
-            return exc.retry_after
-        return float(self._backoff(state))
+            wait = exc.retry_after
+        else:
+            wait = float(self._backoff(state))
+        left = self._deadline - (state.seconds_since_start or 0.0)
+        return max(0.0, min(wait, left))
 
 
 class PrefectClient:
@@ -116,9 +121,10 @@ class PrefectClient:
         deadline: float | None = None,
     ) -> Any:
         """One API call with retries of transient failures; returns the decoded body."""
+        limit = self.settings.retry_deadline if deadline is None else deadline
         retrying = Retrying(
-            stop=stop_after_delay(self.settings.retry_deadline if deadline is None else deadline),
-            wait=_RetryWait(),
+            stop=stop_after_delay(limit),
+            wait=_RetryWait(limit),
             retry=retry_if_exception_type(TransientApiError),
             before_sleep=before_sleep_log(log, logging.WARNING),
             sleep=self._sleep,

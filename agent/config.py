@@ -114,11 +114,12 @@ def _literal(value: str) -> object:
     """JSON first, then a Python literal (Prefect 1 wrote ``'["a","b"]'``), else None."""
     try:
         return json.loads(value)
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     try:
         return ast.literal_eval(value)
-    except (ValueError, SyntaxError, MemoryError, RecursionError):
+    # TypeError: an unhashable key or set member; the others: malformed or too deep.
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
         return None
 
 
@@ -148,7 +149,14 @@ def parse_env_vars_value(value: str, source: str) -> dict[str, str]:
             # Do not echo the value: it may hold secrets.
             raise ConfigError(f"{source}: not a mapping of strings to strings")
         return dict(parsed)
-    return parse_env_pairs([p for p in text.split(",") if p.strip()], source)
+    # A piece without "=" continues the previous value: "K=a,b" keeps its comma.
+    pairs: list[str] = []
+    for piece in text.split(","):
+        if "=" in piece or not pairs:
+            pairs.append(piece)
+        else:
+            pairs[-1] += "," + piece
+    return parse_env_pairs([p for p in pairs if p.strip()], source)
 
 
 def agent_labels(labels: Sequence[str], hostname: str, hostname_label: bool) -> frozenset[str]:

@@ -43,11 +43,20 @@ class Registry:
     def register(self, worker_id: str) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.dir / f"{worker_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise SpoolError(f"worker id {worker_id!r} is already in use on this spool") from None
+        # The poller's liveness probe holds a shared lock for an instant: retry briefly
+        # before deciding that a live worker has this id.
+        deadline = time.monotonic() + 1.0
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise SpoolError(
+                        f"worker id {worker_id!r} is already in use on this spool"
+                    ) from None
+                time.sleep(0.01)
         self._lock_fd, self._id = fd, worker_id
         self.set_state(IDLE)
 
@@ -62,8 +71,10 @@ class Registry:
         replace_file_durably(self.dir / f"{self._id}.json", json.dumps(body).encode())
 
     def unregister(self) -> None:
+        """A clean exit leaves no entry (a killed worker's shows as dead)."""
         if self._id is not None:
             (self.dir / f"{self._id}.json").unlink(missing_ok=True)
+            (self.dir / f"{self._id}.lock").unlink(missing_ok=True)
         if self._lock_fd >= 0:
             os.close(self._lock_fd)
             self._lock_fd = -1

@@ -8,6 +8,7 @@ import os
 from agent import metrics
 from agent.api import PrefectClient
 from agent.config import PollerConfig, WorkerConfig
+from agent.errors import ConfigError
 from agent.httpd import AgentHTTPServer
 from agent.launcher import ShimLauncher
 from agent.poller import Poller
@@ -29,9 +30,13 @@ def run_poller(config: PollerConfig) -> int:
     server = None
     if config.address:
         scrape = metrics.ScrapeTimeCollector(spool.depth, registry.counts)
-        server = AgentHTTPServer(
-            config.address, poller.health, poller.poke, lambda: metrics.render(scrape)
-        )
+        try:
+            server = AgentHTTPServer(
+                config.address, poller.health, poller.poke, lambda: metrics.render(scrape)
+            )
+        except OSError as exc:
+            host, port = config.address
+            raise ConfigError(f"cannot serve at http://{host}:{port}: {exc.strerror}") from exc
         server.start()
         log.info("serving /api/health, /api/poke and /metrics at http://%s:%d", *config.address)
     if config.supervisor_url:

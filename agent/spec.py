@@ -10,6 +10,16 @@ from agent.errors import SpecError
 
 SPEC_VERSION = 1
 _REQUIRED = ("flow_run_id", "pool", "transition_id", "agent_name")
+_TYPES: dict[str, type | tuple[type, ...]] = {
+    "flow_run_name": str,
+    "deployment_id": (str, type(None)),
+    "scheduled_start": (str, type(None)),
+    "claimed_at": (int, float),
+    "job_variables": dict,
+    "env_vars": dict,
+    "import_paths": list,
+    "show_flow_logs": bool,
+}
 
 
 @dataclass(frozen=True)
@@ -52,6 +62,13 @@ def loads(data: bytes) -> JobSpec:
     missing = [k for k in _REQUIRED if not isinstance(body.get(k), str) or not body[k]]
     if missing:
         raise SpecError(f"spec is missing {', '.join(missing)}", run_id)
+    for name, kind in _TYPES.items():
+        if name in body and not isinstance(body[name], kind):
+            raise SpecError(f"spec field {name} has the wrong type", run_id)
+    if not all(isinstance(v, str) for v in body.get("env_vars", {}).values()):
+        raise SpecError("spec field env_vars must map strings to strings", run_id)
+    if not all(isinstance(p, str) for p in body.get("import_paths", [])):
+        raise SpecError("spec field import_paths must be a list of strings", run_id)
     known = set(JobSpec.__dataclass_fields__)
     unknown = sorted(set(body) - known)
     if unknown:

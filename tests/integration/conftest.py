@@ -85,8 +85,10 @@ class Agent:
         spool: Path | None = None,
         env: dict[str, str] | None = None,
     ) -> None:
+        # Each hand-started poller serves on a port of its own.
+        own = {"AGENT_ADDRESS": f"http://127.0.0.1:{free_port()}", **(env or {})}
         self.procs.start(
-            name, ["agent", "local", "start", "--spool", str(spool or self.spool), *args], env
+            name, ["agent", "local", "start", "--spool", str(spool or self.spool), *args], own
         )
 
     def start_worker(

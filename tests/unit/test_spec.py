@@ -119,14 +119,6 @@ def test_non_string_flow_run_id_is_not_reported_as_run_id() -> None:
     assert info.value.flow_run_id is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="spec.py loads (lines 52-62) type-checks only the four required fields; a spec "
-    "whose job_variables is a list, env_vars a string or import_paths a string loads fine, "
-    "then the worker (worker.py _run) hits AttributeError in validate_job_variables, "
-    "ValueError in build_env, or silently gets PYTHONPATH '/w:/:s:r:v', instead of "
-    "refusing the spec to failed/ with a reason",
-)
 @pytest.mark.parametrize(
     "field, value",
     [("job_variables", []), ("env_vars", "A=1"), ("import_paths", "/srv/lib")],

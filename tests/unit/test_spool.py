@@ -455,12 +455,6 @@ def test_dead_worker_id_can_be_registered_again(tmp_path: Path, registry: Regist
     assert registry.counts() == {IDLE: 1, BUSY: 0, DEAD: 0}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="registry.py register (lines 45-50) uses flock LOCK_EX|LOCK_NB once; while "
-    "another process's liveness probe _locked() (lines 99-111) holds LOCK_SH for an "
-    "instant, a starting worker fails with 'worker id ... already in use' and exits",
-)
 def test_register_succeeds_while_a_liveness_probe_briefly_holds_the_lock(
     tmp_path: Path, registry: Registry
 ) -> None:

@@ -1,0 +1,51 @@
+"""Label routing, and two agents sharing one pool: every run executes exactly once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.integration.conftest import Agent, executions
+from tests.integration.harness import wait_for
+
+
+def test_run_needing_gpu_goes_only_to_an_agent_with_that_label(agent: Agent, marker: Path) -> None:
+    deployment = agent.deploy("record", job_variables={"labels": ["gpu"]})
+    plain = agent.tmp / "plain-spool"
+    agent.start_poller("-n", "plain", "-l", "cpu", "--no-hostname-label", spool=plain, name="plain")
+    agent.start_worker(spool=plain, name="plain-worker")
+    run_id = agent.run(deployment, {"marker": str(marker)})
+    skipped = f"flow run {run_id} needs labels ['gpu']: not for us"
+    wait_for(
+        lambda: agent.procs.log("plain").count(skipped) >= 2,
+        60,
+        "the plain agent to see the run twice and leave it",
+    )
+    assert agent.client.read_flow_run(run_id)["state"]["type"] == "SCHEDULED"
+    assert executions(marker) == []
+
+    agent.start_poller("-n", "gpu-box", "-l", "gpu", spool=agent.spool, name="gpu")
+    agent.start_worker(name="gpu-worker")
+    state = agent.wait([run_id], timeout=60)[run_id]
+    assert state["type"] == "COMPLETED"
+    assert executions(marker) == [run_id]
+    labels = agent.client.read_flow_run(run_id)["labels"]
+    assert labels["prefect.worker.name"] == "gpu-box"
+
+
+def test_two_agents_on_one_pool_run_each_run_exactly_once(agent: Agent, marker: Path) -> None:
+    deployment = agent.deploy("record")
+    for side in ("a", "b"):
+        spool = agent.tmp / f"spool-{side}"
+        agent.start_poller("-n", f"agent-{side}", spool=spool, name=f"poller-{side}")
+        for i in range(2):
+            agent.start_worker(spool=spool, name=f"worker-{side}{i}")
+    run_ids = [agent.run(deployment, {"marker": str(marker)}) for _ in range(12)]
+    states = agent.wait(run_ids, timeout=240)
+
+    assert [states[r]["type"] for r in run_ids] == ["COMPLETED"] * 12
+    ran = executions(marker)
+    assert sorted(ran) == sorted(run_ids), "a run executed twice or not at all"
+    for run_id in run_ids:
+        assert agent.states(run_id).count("PENDING") == 1
+    claimed_by = {agent.client.read_flow_run(r)["labels"]["prefect.worker.name"] for r in run_ids}
+    assert claimed_by == {"agent-a", "agent-b"}  # both took part
