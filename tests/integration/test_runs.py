@@ -87,7 +87,7 @@ def test_failures_end_in_the_right_state_and_the_agent_keeps_going(
 
     assert states[failing]["type"] == "FAILED"
     assert states[crashing]["type"] == "CRASHED"
-    assert "status code 3" in states[crashing]["message"]
+    assert "status code 3" in str(states[crashing]["message"])
     assert states[lost]["type"] == "FAILED"
     assert states[lost]["message"] == (
         f"Flow run {lost} has a nonexistent `working_dir` configured: {missing}"
