@@ -27,7 +27,6 @@ PREFETCH_SECONDS = 10.0
 POLL_LIMIT = 200  # runs asked per poll; labels are filtered here, so leave headroom
 HEARTBEAT_SECONDS = 30.0  # the server marks a worker offline after 3 missed beats
 LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks for freed workers
-TMP_SPEC_GRACE_SECONDS = 60.0  # a write-ahead spec older than this is not in flight
 
 # Worker.
 WORKER_IDLE_SLEEP = 0.5

@@ -9,7 +9,6 @@ interpreter with prefect imported that forks per run) would implement the same
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -126,7 +125,3 @@ class ShimLauncher:
             pass_fds=tuple(keep_fds),  # the spec's lease lives as long as the run
         )
         return ShimHandle(proc, run_dir)
-
-
-def is_missing_dir(path: str) -> bool:
-    return not os.path.isdir(path)

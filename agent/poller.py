@@ -108,7 +108,7 @@ class Poller:
             self.reconcile_tmp()
             claimed = self.poll_once()
             self.last_error = None
-        except ApiError as exc:
+        except (ApiError, SpoolError) as exc:
             metrics.POLL_ERRORS.inc()
             self.last_error = str(exc)
             log.error("poll failed, will retry in %.1fs: %s", self.interval, exc)
@@ -286,7 +286,7 @@ class Poller:
         This poller is the spool's only writer (it holds the poller lock), so at the
         start of a tick nothing in tmp/ is in flight.
         """
-        for run_id, _age in self.spool.tmp_ages():
+        for run_id in self.spool.run_ids(TMP):
             try:
                 spec = loads(self.spool.read(TMP, run_id))
             except (OSError, SpecError):

@@ -15,13 +15,11 @@ atomic rename or link (never shutil.move, which silently copies across filesyste
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import logging
 import os
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -129,14 +127,6 @@ class Spool:
     def depth(self) -> dict[str, int]:
         return {"waiting": self.count(NEW), "running": self.count(CUR)}
 
-    def tmp_ages(self, now: float | None = None) -> Iterator[tuple[str, float]]:
-        now = time.time() if now is None else now
-        for run_id in self.run_ids(TMP):
-            try:
-                yield run_id, now - self._path(TMP, run_id).stat().st_mtime
-            except FileNotFoundError:
-                continue
-
     def read(self, state: str, run_id: str) -> bytes:
         return self._path(state, run_id).read_bytes()
 
@@ -218,29 +208,23 @@ class Spool:
         return None
 
     def finish(self, lease: Lease, outcome: str) -> None:
-        """cur -> done, with the outcome beside it; releases the lease."""
-        dst = self._path(DONE, lease.run_id)
-        try:
-            replace_file_durably(
-                self.dir(DONE) / f"{lease.run_id}.outcome",
-                json.dumps({"outcome": outcome, "at": time.time()}).encode(),
-            )
-            os.rename(lease.path, dst)
-            _fsync_dir(dst.parent)
-        except OSError as exc:
-            raise SpoolError(f"cannot finish flow run {lease.run_id}: {exc}") from exc
-        finally:
-            lease.release()
+        """cur -> done, with ``<id>.outcome`` beside it; releases the lease."""
+        note = json.dumps({"outcome": outcome, "at": time.time()}).encode()
+        self._retire(lease, DONE, ".outcome", note)
 
     def refuse(self, lease: Lease, reason: str) -> None:
-        """cur -> failed, with the reason beside it; releases the lease."""
-        dst = self._path(FAILED, lease.run_id)
+        """cur -> failed, with ``<id>.reason`` beside it; releases the lease."""
+        self._retire(lease, FAILED, ".reason", reason.encode())
+
+    def _retire(self, lease: Lease, state: str, note_suffix: str, note: bytes) -> None:
+        """Write the note first, so a spec in done/ or failed/ always has one."""
+        dst = self._path(state, lease.run_id)
         try:
-            replace_file_durably(self.dir(FAILED) / f"{lease.run_id}.reason", reason.encode())
+            replace_file_durably(self.dir(state) / f"{lease.run_id}{note_suffix}", note)
             os.rename(lease.path, dst)
             _fsync_dir(dst.parent)
         except OSError as exc:
-            raise SpoolError(f"cannot move spec of {lease.run_id} aside: {exc}") from exc
+            raise SpoolError(f"cannot move flow run {lease.run_id} to {state}/: {exc}") from exc
         finally:
             lease.release()
 
@@ -252,11 +236,6 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create run folder {path}: {exc}") from exc
         return path
-
-
-def is_enospc(exc: BaseException) -> bool:
-    cause = exc.__cause__ if isinstance(exc, SpoolError) else exc
-    return isinstance(cause, OSError) and cause.errno == errno.ENOSPC
 
 
 def lock_poller(root: Path) -> int:

@@ -117,9 +117,9 @@ class Worker:
                     f"spec is for flow run {spec.flow_run_id}, file is {lease.run_id}", lease.run_id
                 )
             if self.config.pool and spec.pool != self.config.pool:
+                # No run id: a run of another pool is not ours to fail.
                 raise SpecError(
-                    f"spec is for work pool {spec.pool!r}, this agent serves {self.config.pool!r}",
-                    spec.flow_run_id,
+                    f"spec is for work pool {spec.pool!r}, this agent serves {self.config.pool!r}"
                 )
         except SpecError as exc:
             self._refuse(lease, exc)
@@ -132,8 +132,7 @@ class Worker:
     def _refuse(self, lease: Lease, exc: SpecError) -> None:
         reason = f"Unusable job spec: {exc}"
         log.error("flow run %s: %s; moved to failed/", lease.run_id, reason)
-        # A run of another pool is not ours to fail; any other bad spec of a known run is.
-        if exc.flow_run_id and "work pool" not in str(exc):
+        if exc.flow_run_id:
             self._report_failed(exc.flow_run_id, reason)
         self.spool.refuse(lease, reason)
 

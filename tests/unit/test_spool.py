@@ -28,7 +28,6 @@ from agent.spool import (
     TMP,
     Lease,
     Spool,
-    is_enospc,
     lock_poller,
 )
 
@@ -185,7 +184,8 @@ def test_write_ahead_on_full_disk_is_a_spool_error_leaving_nothing(
     with pytest.raises(SpoolError, match="r1") as info:
         spool.write_ahead("r1", b"data" * 1000)
     monkeypatch.undo()
-    assert is_enospc(info.value)
+    assert isinstance(info.value.__cause__, OSError)
+    assert info.value.__cause__.errno == errno.ENOSPC
     assert files(spool, TMP) == []
     assert files(spool, NEW) == []
 
