@@ -11,6 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 
+# prometheus_client writes its mmap files there from the first metric on; a missing
+# folder would crash every process at import, so create it (never empty it here).
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], mode=0o700, exist_ok=True)
+
 from prometheus_client import (
     REGISTRY,
     CollectorRegistry,

@@ -137,7 +137,6 @@ class Supervisor:
         return self.procs.run(["supervisorctl", "-c", self.conf, *args], self.env, timeout)
 
     def start(self) -> None:
-        (self.run_dir / "metrics").mkdir(parents=True, exist_ok=True)
         result = self.procs.run(["supervisord", "-c", self.conf], self.env)
         assert result.returncode == 0, result.stderr + result.stdout
         wait_for((self.run_dir / "supervisor.sock").exists, 10, "supervisord's socket")
