@@ -111,7 +111,6 @@ def api_options(func: F) -> F:
 
 def api_settings(api: str | None, key: str | None, retry_deadline: float) -> ApiSettings:
     """The one place the credential is read from the environment (never from argv)."""
-    """The one place the credential is read from the environment (never from argv)."""
     return ApiSettings(
         url=parse_api_url(api),
         key=key or None,
