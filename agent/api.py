@@ -12,9 +12,11 @@ import base64
 import email.utils
 import logging
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 
 import requests
 from tenacity import (
@@ -256,11 +258,39 @@ class PrefectClient:
         body = {"infrastructure_pid": infrastructure_pid}
         self.request("update_flow_run", "PATCH", f"/flow_runs/{flow_run_id}", body)
 
+    def create_logs(self, entries: list[dict[str, Any]], deadline: float | None = None) -> None:
+        """POST /logs/: a batch of run log entries (name, level, message, timestamp,
+        flow_run_id, task_run_id)."""
+        self.request("create_logs", "POST", "/logs/", entries, deadline)
+
+    def read_variable(self, name_or_id: str) -> dict[str, Any]:
+        """A Prefect Variable by UUID or by name; NotFoundError if neither exists."""
+        if _is_uuid(name_or_id):
+            try:
+                found: dict[str, Any] = self.request(
+                    "read_variable", "GET", f"/variables/{name_or_id}"
+                )
+                return found
+            except NotFoundError:
+                pass  # a variable may also be *named* like a UUID
+        result: dict[str, Any] = self.request(
+            "read_variable", "GET", f"/variables/name/{quote(name_or_id, safe='')}"
+        )
+        return result
+
     def filter_flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
         result: list[dict[str, Any]] = self.request(
             "filter_flow_runs", "POST", "/flow_runs/filter", body
         )
         return result
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except ValueError:
+        return False
+    return True
 
 
 def is_final(flow_run: dict[str, Any]) -> bool:

@@ -9,7 +9,6 @@ workers to know how many runs it may claim.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import SpoolError
-from agent.spool import replace_file_durably
+from agent.spool import hold_lock, is_locked, replace_file_durably
 
 IDLE, BUSY, DEAD = "idle", "busy", "dead"
 
@@ -42,21 +41,9 @@ class Registry:
 
     def register(self, worker_id: str) -> None:
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.dir / f"{worker_id}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        # The poller's liveness probe holds a shared lock for an instant: retry briefly
-        # before deciding that a live worker has this id.
-        deadline = time.monotonic() + 1.0
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    os.close(fd)
-                    raise SpoolError(
-                        f"worker id {worker_id!r} is already in use on this spool"
-                    ) from None
-                time.sleep(0.01)
+        fd = hold_lock(self.dir / f"{worker_id}.lock")
+        if fd is None:
+            raise SpoolError(f"worker id {worker_id!r} is already in use on this spool")
         self._lock_fd, self._id = fd, worker_id
         self.set_state(IDLE)
 
@@ -89,7 +76,7 @@ class Registry:
         return [self._inspect(name) for name in names]
 
     def _inspect(self, worker_id: str) -> WorkerInfo:
-        if not _locked(self.dir / f"{worker_id}.lock"):
+        if not is_locked(self.dir / f"{worker_id}.lock"):
             return WorkerInfo(worker_id, DEAD)
         body: dict[str, Any] = {}
         # Unreadable while starting up or mid-replace: count as busy, the safe side.
@@ -105,18 +92,3 @@ class Registry:
         for info in self.workers():
             result[info.state] += 1
         return result
-
-
-def _locked(path: Path) -> bool:
-    """True while some live process holds the worker's lock."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our probe lock, if we got it
-    return False

@@ -238,12 +238,71 @@ class Spool:
         return path
 
 
+POLLER_LOCK = "poller.lock"
+POLLER_STATE = "poller.json"
+
+
+def hold_lock(path: Path, wait: float = 1.0) -> int | None:
+    """Take an exclusive flock on ``path`` for the caller's life (returns the fd), or None
+    if a live process holds it. Liveness probes (``is_locked``) hold a shared lock for an
+    instant, so retry briefly before deciding someone else has it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                return None
+            time.sleep(0.01)
+
+
+def is_locked(path: Path) -> bool:
+    """True while some live process holds ``path``'s flock (the kernel drops it at death)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops our probe lock, if we got it
+    return False
+
+
 def lock_poller(root: Path) -> int:
     """One poller per spool: hold ``poller.lock`` for the process's life (returns the fd)."""
-    fd = os.open(root / "poller.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
-        raise SpoolError(f"another poller is already using spool {root}") from None
+    fd = hold_lock(root / POLLER_LOCK)
+    if fd is None:
+        raise SpoolError(f"another poller is already using spool {root}")
     return fd
+
+
+def poller_alive(root: Path) -> bool:
+    return is_locked(root / POLLER_LOCK)
+
+
+def write_poller_state(root: Path, state: dict[str, object]) -> None:
+    """What the poller last did, for `agent status`. Replaced atomically but not fsynced:
+    it is written every poll and losing the last copy in a power cut costs nothing."""
+    path = root / POLLER_STATE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(state, sort_keys=True).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def read_poller_state(root: Path) -> dict[str, object] | None:
+    """The poller's last state file, or None if missing or unreadable."""
+    try:
+        body = json.loads((root / POLLER_STATE).read_bytes())
+    except (OSError, ValueError):
+        return None
+    return body if isinstance(body, dict) else None
