@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -19,13 +21,18 @@ from agent.config import (
     WorkerConfig,
     agent_labels,
     default_worker_id,
-    parse_agent_address,
     parse_api_url,
-    parse_env_pairs,
-    parse_env_vars_value,
-    parse_labels_value,
 )
 from agent.errors import RET_CONFIG, ConfigError, SpoolError
+from agent.options import (
+    auth_string,
+    cloud_logs,
+    common_options,
+    load_config_file,
+    poller_options,
+    source,
+    worker_options,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -45,77 +52,13 @@ def _fail_on_config_error(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-def _usage(parse: Callable[[str], Any]) -> Callable[[click.Context, click.Parameter, Any], Any]:
-    """Turn a ConfigError from parsing one option into a click usage error (exit 2)."""
-
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-        if value is None:
-            return None
-        try:
-            return parse(value)
-        except ConfigError as exc:
-            raise click.BadParameter(str(exc)) from None
-
-    return callback
-
-
-def api_options(func: F) -> F:
-    options = [
-        click.option(
-            "-a",
-            "--api",
-            envvar="PREFECT_API_URL",
-            show_envvar=True,
-            help="Prefect API URL, e.g. http://127.0.0.1:4200/api.",
-        ),
-        click.option(
-            "-k",
-            "--key",
-            envvar=["PREFECT_API_KEY", "PREFECT__CLOUD__AGENT__AUTH_TOKEN"],
-            show_envvar=True,
-            help="Prefect Cloud API key (sent as Bearer). Prefer the environment "
-            "variable: a flag's value shows in `ps`. For a self-hosted server "
-            "with auth, set PREFECT_API_AUTH_STRING=user:pass instead.",
-        ),
-        click.option(
-            "--spool",
-            envvar="AGENT_SPOOL_DIR",
-            show_envvar=True,
-            required=True,
-            type=click.Path(file_okay=False, path_type=Path),
-            help="Spool directory shared by the poller and its workers.",
-        ),
-        click.option(
-            "--api-retry-seconds",
-            type=click.FloatRange(min=0),
-            envvar="AGENT_API_RETRY_SECONDS",
-            show_envvar=True,
-            help="How long one API call retries transient failures before giving up. "
-            "Default: 20 for the poller (its loop retries anyway), 100 for workers "
-            "(an unreported outcome strands a run).",
-        ),
-        click.option(
-            "--log-level",
-            default="INFO",
-            show_default=True,
-            envvar="AGENT_LOG_LEVEL",
-            show_envvar=True,
-            type=click.Choice(logs.LEVELS, case_sensitive=False),
-            help="Level of the agent's own logs.",
-        ),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def api_settings(api: str | None, key: str | None, retry_deadline: float) -> ApiSettings:
-    """The one place the credential is read from the environment (never from argv)."""
+def api_settings(
+    ctx: click.Context, api: str | None, key: str | None, retry_deadline: float
+) -> ApiSettings:
+    """The one place credentials are gathered (flag/env/file; the auth string never a flag)."""
+    auth, _ = auth_string(ctx, dict(os.environ))
     return ApiSettings(
-        url=parse_api_url(api),
-        key=key or None,
-        auth_string=os.environ.get("PREFECT_API_AUTH_STRING") or None,
-        retry_deadline=retry_deadline,
+        url=parse_api_url(api), key=key or None, auth_string=auth, retry_deadline=retry_deadline
     )
 
 
@@ -134,143 +77,114 @@ def local() -> None:
     """The local agent (Prefect 1's `prefect agent local`)."""
 
 
-@local.command()
-@api_options
-@click.option(
-    "--pool",
-    envvar="AGENT_POOL",
-    show_envvar=True,
-    required=True,
-    help="Work pool to serve; created with this agent's type if missing.",
-)
-@click.option(
-    "-q",
-    "--work-queue",
-    "work_queues",
-    multiple=True,
-    help="Only take runs from this work queue (repeatable). Default: all.",
-)
-@click.option(
-    "-n",
-    "--name",
-    envvar="PREFECT__CLOUD__AGENT__NAME",
-    show_envvar=True,
-    default=defaults.AGENT_NAME,
-    show_default=True,
-    help="Agent name: the worker name shown under the pool in Prefect's UI.",
-)
-@click.option(
-    "-l",
-    "--label",
-    "labels",
-    multiple=True,
-    help="Agent label (repeatable). A run is taken only if all its labels are the "
-    'agent\'s. Env: PREFECT__CLOUD__AGENT__LABELS (\'["a","b"]\' or a,b).',
-)
-@click.option(
-    "-e",
-    "--env",
-    "env_pairs",
-    multiple=True,
-    callback=_usage(lambda v: parse_env_pairs(v)),
-    help="KEY=VAL set in every flow run's environment (repeatable). "
-    'Env: PREFECT__CLOUD__AGENT__ENV_VARS (\'{"K": "V"}\' or K=V,K2=V2).',
-)
-@click.option(
-    "-p",
-    "--import-path",
-    "import_paths",
-    multiple=True,
-    help="Appended to every flow run's PYTHONPATH (repeatable).",
-)
-@click.option(
-    "-f",
-    "--show-flow-logs",
-    is_flag=True,
-    envvar="AGENT_SHOW_FLOW_LOGS",
-    show_envvar=True,
-    help="Copy flow run output to the worker's stdout, each line prefixed with the "
-    "run's name. It is kept in the spool's per-run log either way.",
-)
-@click.option(
-    "--hostname-label/--no-hostname-label",
-    default=True,
-    show_default=True,
-    help="Add this machine's host name to the agent's labels.",
-)
-@click.option(
-    "--max-polls",
-    type=click.IntRange(min=1),
-    help="Exit 0 after this many polls. Default: poll for ever.",
-)
-@click.option(
-    "--agent-address",
-    envvar=["AGENT_ADDRESS", "PREFECT__CLOUD__AGENT__AGENT_ADDRESS"],
-    show_envvar=True,
-    callback=_usage(parse_agent_address),
-    help="Serve /api/health, /api/poke and /metrics at http://HOST:PORT.",
-)
-@_fail_on_config_error
-def start(
-    api: str | None,
-    key: str | None,
-    spool: Path,
-    api_retry_seconds: float | None,
-    log_level: str,
-    pool: str,
-    work_queues: tuple[str, ...],
-    name: str,
-    labels: tuple[str, ...],
-    env_pairs: dict[str, str],
-    import_paths: tuple[str, ...],
-    show_flow_logs: bool,
-    hostname_label: bool,
-    max_polls: int | None,
-    agent_address: tuple[str, int] | None,
-) -> None:
-    """Poll the pool, claim due flow runs and hand them to the workers."""
-    from agent.run import run_poller  # imported late: --help must not need prometheus
-
-    logs.setup(log_level, "agent")
-    environ = os.environ
-    label_list = list(labels) or parse_labels_value(
-        environ.get("PREFECT__CLOUD__AGENT__LABELS", ""), "PREFECT__CLOUD__AGENT__LABELS"
-    )
-    env_vars = env_pairs or parse_env_vars_value(
-        environ.get("PREFECT__CLOUD__AGENT__ENV_VARS", ""), "PREFECT__CLOUD__AGENT__ENV_VARS"
-    )
+def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
+    """Flags, env and file, resolved by click, into the poller's frozen config."""
     hostname = socket.gethostname()
-    config = PollerConfig(
-        api=api_settings(api, key, _or(api_retry_seconds, defaults.API_RETRY_DEADLINE)),
-        pool=pool,
-        spool_dir=spool,
-        name=name,
-        work_queues=work_queues,
-        labels=agent_labels(label_list, hostname, hostname_label),
-        env_vars=env_vars,
-        import_paths=tuple(os.path.abspath(os.path.expanduser(p)) for p in import_paths),
-        show_flow_logs=show_flow_logs,
-        max_polls=max_polls,
-        address=agent_address,
+    labels = tuple(p["labels"])
+    return PollerConfig(
+        api=api_settings(
+            ctx, p["api"], p["key"], _or(p["api_retry_seconds"], defaults.API_RETRY_DEADLINE)
+        ),
+        pool=p["pool"],
+        spool_dir=p["spool"],
+        name=p["name"],
+        work_queues=tuple(p["work_queues"]),
+        labels=agent_labels(labels, hostname, p["hostname_label"]),
+        label_list=labels,
+        hostname_label=p["hostname_label"],
+        env_vars=dict(p["env_pairs"]),
+        import_paths=tuple(os.path.abspath(os.path.expanduser(x)) for x in p["import_paths"]),
+        show_flow_logs=p["show_flow_logs"],
+        max_polls=p["max_polls"],
+        address=p["agent_address"],
         hostname=hostname,
-        supervisor_url=environ.get("SUPERVISOR_SERVER_URL") or None,
+        supervisor_url=os.environ.get("SUPERVISOR_SERVER_URL") or None,
+        cloud_logs=cloud_logs(ctx, p["no_cloud_logs"], dict(os.environ)),
+        agent_config_id=p["agent_config_id"] or None,
+        agent_config_refresh=p["agent_config_refresh"],
     )
+
+
+@local.command()
+@common_options
+@poller_options
+@click.option(
+    "--print-config",
+    is_flag=True,
+    help="Print the settings this agent would run with, and where each came from "
+    "(flag, env, file, backend, default), then exit. Secrets are not printed.",
+)
+@click.pass_context
+@_fail_on_config_error
+def start(ctx: click.Context, /, print_config: bool, **params: Any) -> None:
+    """Poll the pool, claim due flow runs and hand them to the workers."""
+    from agent.run import resolve_backend_config, run_poller  # late: --help needs no prometheus
+
+    logs.setup(params["log_level"], "agent", params["log_format"])
+    config = poller_config(ctx, params)
+    if print_config:
+        config, overridden = resolve_backend_config(config)
+        click.echo(describe_config(ctx, config, overridden))
+        return
     sys.exit(run_poller(config))
 
 
+def describe_config(ctx: click.Context, config: PollerConfig, backend: set[str]) -> str:
+    """One aligned line per setting: name, value, source. Env var values are hidden."""
+    auth, auth_source = auth_string(ctx, dict(os.environ))
+    addr = config.address
+    env_keys = ", ".join(f"{k}=..." for k in sorted(config.env_vars))
+    rows: list[tuple[str, str, str]] = [
+        ("api", config.api.url, source(ctx, "api")),
+        ("key", "(set)" if config.api.key else "(none)", source(ctx, "key")),
+        ("auth-string", "(set)" if auth else "(none)", auth_source),
+        ("pool", config.pool, source(ctx, "pool")),
+        ("spool", str(config.spool_dir), source(ctx, "spool")),
+        ("name", config.name, _src(ctx, "name", backend)),
+        ("labels", ", ".join(sorted(config.labels)) or "(none)", _src(ctx, "labels", backend)),
+        ("hostname-label", _bool(config.hostname_label), _src(ctx, "hostname_label", backend)),
+        ("env", env_keys or "(none)", _src(ctx, "env_pairs", backend, "env_vars")),
+        (
+            "import-paths",
+            ", ".join(config.import_paths) or "(none)",
+            _src(ctx, "import_paths", backend),
+        ),
+        (
+            "work-queues",
+            ", ".join(config.work_queues) or "(all)",
+            _src(ctx, "work_queues", backend),
+        ),
+        ("show-flow-logs", _bool(config.show_flow_logs), _src(ctx, "show_flow_logs", backend)),
+        ("cloud-logs", _bool(config.cloud_logs), source(ctx, "no_cloud_logs")),
+        ("agent-config-id", config.agent_config_id or "(none)", source(ctx, "agent_config_id")),
+        (
+            "agent-address",
+            f"http://{addr[0]}:{addr[1]}" if addr else "(none)",
+            source(ctx, "agent_address"),
+        ),
+        ("max-polls", str(config.max_polls or "(for ever)"), source(ctx, "max_polls")),
+        ("log-level", str(ctx.params["log_level"]), source(ctx, "log_level")),
+        ("log-format", str(ctx.params["log_format"]), source(ctx, "log_format")),
+    ]
+    width = max(len(r[0]) for r in rows)
+    vwidth = min(60, max(len(r[1]) for r in rows))
+    return "\n".join(f"{n:<{width}}  {v:<{vwidth}}  ({s})" for n, v, s in rows)
+
+
+def _bool(value: bool) -> str:
+    return "true" if value else "false"
+
+
+def _src(ctx: click.Context, param: str, backend: set[str], key: str | None = None) -> str:
+    return "backend" if (key or param) in backend else source(ctx, param)
+
+
 @cli.command()
-@api_options
+@common_options
 @click.option(
     "--pool", envvar="AGENT_POOL", show_envvar=True, help="Refuse specs of any other work pool."
 )
-@click.option(
-    "--flow-python",
-    envvar="AGENT_FLOW_PYTHON",
-    show_envvar=True,
-    default=sys.executable,
-    show_default="this agent's interpreter",
-    help="Python that runs `-m prefect.engine` (it must have prefect installed).",
-)
+@worker_options
 @click.option(
     "--worker-id",
     envvar="AGENT_WORKER_ID",
@@ -278,40 +192,203 @@ def start(
     help="Unique name of this worker on the spool. Default: supervisor's process "
     "name, else host-pid.",
 )
-@click.option(
-    "--flow-log-max-bytes",
-    type=click.IntRange(min=1024),
-    default=defaults.FLOW_LOG_MAX_BYTES,
-    show_default=True,
-    help="Bound of each run's output log in the spool (one rotated copy is kept).",
-)
+@click.pass_context
 @_fail_on_config_error
-def worker(
-    api: str | None,
-    key: str | None,
-    spool: Path,
-    api_retry_seconds: float | None,
-    log_level: str,
-    pool: str | None,
-    flow_python: str,
-    worker_id: str | None,
-    flow_log_max_bytes: int,
-) -> None:
+def worker(ctx: click.Context, /, **p: Any) -> None:
     """Take claimed runs from the spool, one at a time, and run each as a subprocess."""
     from agent.run import run_worker
 
-    logs.setup(log_level, os.environ.get("SUPERVISOR_PROCESS_NAME") or "worker")
+    logs.setup(
+        p["log_level"], os.environ.get("SUPERVISOR_PROCESS_NAME") or "worker", p["log_format"]
+    )
     config = WorkerConfig(
         # Reporting an outcome keeps retrying longer than a poll: losing it strands a run.
-        api=api_settings(api, key, _or(api_retry_seconds, 5 * defaults.API_RETRY_DEADLINE)),
-        spool_dir=spool,
-        worker_id=worker_id or default_worker_id(os.environ),
-        flow_python=flow_python,
-        pool=pool,
-        flow_log_max_bytes=flow_log_max_bytes,
+        api=api_settings(
+            ctx, p["api"], p["key"], _or(p["api_retry_seconds"], 5 * defaults.API_RETRY_DEADLINE)
+        ),
+        spool_dir=p["spool"],
+        worker_id=p["worker_id"] or default_worker_id(os.environ),
+        flow_python=p["flow_python"] or sys.executable,
+        pool=p["pool"],
+        flow_log_max_bytes=p["flow_log_max_bytes"],
     )
     sys.exit(run_worker(config))
 
 
+# Settings `install` bakes into each program's command line when they were given to it
+# (flag or environment); values from --config stay in that file, which is referenced.
+SHARED_PARAMS = ("api", "spool", "api_retry_seconds", "log_level", "log_format")
+POLLER_PARAMS = (
+    *SHARED_PARAMS,
+    *("pool", "work_queues", "name", "labels", "import_paths", "show_flow_logs"),
+    *("hostname_label", "no_cloud_logs", "agent_config_id", "agent_config_refresh"),
+    *("max_polls", "agent_address"),
+)
+WORKER_PARAMS = (*SHARED_PARAMS, "pool", "flow_python", "flow_log_max_bytes")
+
+
+def to_argv(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
+    """The flags that reproduce what the user gave `install` for these parameters."""
+    argv: list[str] = []
+    options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
+    for name in names:
+        if source(ctx, name) not in ("flag", "env"):
+            continue
+        option, value = options[name], ctx.params[name]
+        flag = max(option.opts, key=len)
+        if name == "agent_address":
+            argv += [flag, f"http://{value[0]}:{value[1]}"]
+        elif option.secondary_opts:  # --x/--no-x
+            argv.append(flag if value else max(option.secondary_opts, key=len))
+        elif option.is_flag:
+            argv += [flag] if value else []
+        elif option.multiple:
+            for item in value:
+                argv += [flag, str(item)]
+        else:
+            argv += [flag, str(value)]
+    return argv
+
+
+def agent_executable() -> str:
+    """The `agent` script of this installation (the venv's, when run from one)."""
+    found = shutil.which("agent", path=os.path.dirname(sys.executable)) or shutil.which("agent")
+    if not found:
+        raise ConfigError("cannot find the `agent` command on PATH to write into the config")
+    return os.path.abspath(found)
+
+
+@local.command()
+@common_options
+@poller_options
+@worker_options
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=os.cpu_count() or 2,
+    show_default="number of CPUs",
+    envvar="AGENT_WORKERS",
+    show_envvar=True,
+    help="Worker processes: how many flow runs run at once on this host.",
+)
+@click.option(
+    "--run-dir",
+    required=True,
+    envvar="AGENT_RUN_DIR",
+    show_envvar=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for supervisord's socket, pid file and logs, and the metrics files. "
+    "Must exist before supervisord starts.",
+)
+@click.option(
+    "--include-only",
+    is_flag=True,
+    help="Print only the two [program:...] sections, for the host's own supervisord "
+    "(e.g. /etc/supervisor/conf.d/local-agent.conf).",
+)
+@click.option(
+    "--user",
+    envvar="AGENT_USER",
+    show_envvar=True,
+    help="Run the programs as this user (when supervisord runs as root).",
+)
+@click.pass_context
+@_fail_on_config_error
+def install(ctx: click.Context, /, **p: Any) -> None:
+    """Print a supervisord configuration that runs this agent on this host.
+
+    Takes the options of `agent local start` (baked into the poller's command), the
+    workers' options, and where to put things. Secrets are never written: the API key
+    or auth string belong in the --config file or supervisord's environment.
+    """
+    from agent.install import InstallPlan, env_json, render, render_notice
+
+    omitted = []
+    if p["key"] and source(ctx, "key") in ("flag", "env"):
+        omitted.append("PREFECT_API_KEY")
+    if auth_string(ctx, dict(os.environ))[1] == "env":
+        omitted.append("PREFECT_API_AUTH_STRING")
+    poller_args = to_argv(ctx, POLLER_PARAMS)
+    if "--no-cloud-logs" not in poller_args and not cloud_logs(
+        ctx, p["no_cloud_logs"], dict(os.environ)
+    ):
+        poller_args.append("--no-cloud-logs")  # from Prefect 1's switch in the environment
+    poller_env = {}
+    if source(ctx, "env_pairs") in ("flag", "env"):
+        poller_env["PREFECT__CLOUD__AGENT__ENV_VARS"] = env_json(dict(p["env_pairs"]))
+    config_file = Path(p["config_file"]).resolve() if p["config_file"] else None
+    tail = ["--config", str(config_file)] if config_file else []
+    run_dir = p["run_dir"].resolve()
+    plan = InstallPlan(
+        agent_exe=agent_executable(),
+        poller_args=(*poller_args, *tail),
+        worker_args=(*to_argv(ctx, WORKER_PARAMS), *tail),
+        poller_env=poller_env,
+        workers=p["workers"],
+        run_dir=run_dir,
+        include_only=p["include_only"],
+        user=p["user"],
+        omitted=tuple(omitted),
+        config_file=config_file,
+    )
+    try:
+        text = render(plan)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    click.echo(text, nl=False)
+    notice = render_notice(plan)
+    if notice:
+        click.echo(notice, err=True)
+    if not run_dir.is_dir():
+        click.echo(f"agent local install: create {run_dir} before starting supervisord", err=True)
+
+
+@cli.command()
+@click.option(
+    "--config",
+    "config_file",
+    envvar="AGENT_CONFIG",
+    show_envvar=True,
+    is_eager=True,
+    type=click.Path(dir_okay=False),
+    callback=load_config_file,
+    help="TOML settings file; only its `spool` is used here.",
+)
+@click.option(
+    "--spool",
+    envvar="AGENT_SPOOL_DIR",
+    show_envvar=True,
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Spool directory of the agent to look at.",
+)
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    envvar="AGENT_STATUS_JSON",
+    show_envvar=True,
+    help="Print one JSON object (schema in docs/status.md) instead of tables.",
+)
+@_fail_on_config_error
+def status(config_file: Path | None, spool: Path, as_json: bool) -> None:
+    """What this host's agent is doing now: poller, workers, runs waiting, running and
+    finished in the last hour. Exit 0 if the poller and every worker are alive, 3 if not."""
+    from agent import status as status_
+
+    snapshot = status_.collect(spool)
+    if as_json:
+        click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
+    else:
+        click.echo(status_.render_table(snapshot))
+    sys.exit(status_.exit_code(snapshot))
+
+
 def main() -> None:
-    cli(prog_name="agent")
+    """Entry point: a ConfigError raised while click reads the environment (a malformed
+    PREFECT__CLOUD__AGENT__LABELS, say) is bad configuration too: exit 78, no traceback."""
+    try:
+        cli(prog_name="agent")
+    except ConfigError as exc:
+        click.echo(f"Error: {exc}", err=True)
+        sys.exit(RET_CONFIG)

@@ -47,7 +47,9 @@ class PollerConfig:
     spool_dir: Path
     name: str = defaults.AGENT_NAME
     work_queues: tuple[str, ...] = ()
-    labels: frozenset[str] = frozenset()
+    labels: frozenset[str] = frozenset()  # the effective set: label_list (+ host name)
+    label_list: tuple[str, ...] = ()
+    hostname_label: bool = False
     # --env values may be secrets (the seed's own example is one): never in repr/logs.
     env_vars: Mapping[str, str] = field(default_factory=dict, repr=False)
     import_paths: tuple[str, ...] = ()
@@ -61,6 +63,9 @@ class PollerConfig:
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     supervisor_url: str | None = None  # set by supervisord; lets the poller start workers
     worker_group: str = defaults.WORKER_GROUP
+    cloud_logs: bool = True  # agent run logs to the API, and flows' own logging to the API
+    agent_config_id: str | None = None  # a Prefect Variable (name or id) with settings
+    agent_config_refresh: float = defaults.AGENT_CONFIG_REFRESH
 
 
 @dataclass(frozen=True)

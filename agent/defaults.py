@@ -32,3 +32,6 @@ LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks for freed worker
 WORKER_IDLE_SLEEP = 0.5
 FLOW_LOG_MAX_BYTES = 10 * 1024 * 1024  # per run; one rotated copy is kept
 WORKER_GROUP = "agent-worker"  # supervisor program the poller starts with itself
+
+# How often the backend config variable (--agent-config-id) is read again.
+AGENT_CONFIG_REFRESH = 30.0

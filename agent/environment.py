@@ -38,6 +38,7 @@ def build_env(
     api_url: str,
     secret_env: Mapping[str, str],
     flow_run_id: str,
+    logs_to_api: bool = True,
 ) -> dict[str, str]:
     """Later steps override earlier ones:
 
@@ -45,12 +46,15 @@ def build_env(
     2. PYTHONPATH = working dir, inherited PYTHONPATH, import paths;
     3. the agent's --env values;
     4. the run's ``env`` job variable;
-    5. what nothing may override: the API URL, the credential, the flow run id.
+    5. logging to the API off when the agent runs with --no-cloud-logs;
+    6. what nothing may override: the API URL, the credential, the flow run id.
     """
     env = inherited_env(environ)
     env["PYTHONPATH"] = python_path(working_dir, environ.get("PYTHONPATH"), import_paths)
     env.update(agent_env)
     env.update(run_env)
+    if not logs_to_api:
+        env["PREFECT_LOGGING_TO_API_ENABLED"] = "false"
     for key in _DROP_KEYS - {"PROMETHEUS_MULTIPROC_DIR"}:
         env.pop(key, None)  # a run's env must not swap the credential either
     env.update(secret_env)

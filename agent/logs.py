@@ -1,28 +1,71 @@
-"""One log line format for every agent process: time, level, role[pid], logger, message."""
+"""One log line format for every agent process: time, level, role[pid], flow run, logger,
+message; or the same fields as one JSON object per line (``--log-format json``)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import json
 import logging
 import sys
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TextIO
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
-FORMAT = "%(asctime)s %(levelname)-7s %(role)s[%(process)d] %(name)s: %(message)s"
+FORMATS = ("text", "json")
+TEXT_FORMAT = "%(asctime)s %(levelname)-7s %(role)s[%(process)d]%(run)s %(name)s: %(message)s"
+
+# The flow run the current thread is working on; every line logged meanwhile carries it.
+_current_run: contextvars.ContextVar[str | None] = contextvars.ContextVar("run", default=None)
 
 
-class _RoleFilter(logging.Filter):
+@contextlib.contextmanager
+def run_context(flow_run_id: str) -> Iterator[None]:
+    token = _current_run.set(flow_run_id)
+    try:
+        yield
+    finally:
+        _current_run.reset(token)
+
+
+class _ContextFilter(logging.Filter):
     def __init__(self, role: str) -> None:
         super().__init__()
         self.role = role
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.role = self.role
+        run = _current_run.get()
+        record.flow_run_id = run
+        record.run = f" run={run}" if run else ""
         return True
 
 
-def setup(level: str, role: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(FORMAT))
-    handler.addFilter(_RoleFilter(role))
+class JsonFormatter(logging.Formatter):
+    """Stable keys: time, level, role, pid, flow_run_id, logger, message (+ exception)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        body: dict[str, object] = {
+            "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(
+                timespec="milliseconds"
+            ),
+            "level": record.levelname,
+            "role": getattr(record, "role", None),
+            "pid": record.process,
+            "flow_run_id": getattr(record, "flow_run_id", None),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False)
+
+
+def setup(level: str, role: str, fmt: str = "text", stream: TextIO | None = None) -> None:
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    handler.addFilter(_ContextFilter(role))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -68,6 +68,14 @@ API_ERRORS = Counter(
     "Failed Prefect API requests by endpoint and kind",
     ["endpoint", "kind"],  # kind: connection | timeout | http_4xx | http_5xx | auth
 )
+RUN_LOGS_SENT = Counter(
+    "agent_run_logs_sent_total", "Agent log lines delivered to flow runs' logs in Prefect"
+)
+RUN_LOGS_DROPPED = Counter(
+    "agent_run_logs_dropped_total",
+    "Agent log lines for flow runs given up on, by reason",
+    ["reason"],  # queue_full | rejected | invalid | shutdown
+)
 INFO = Gauge(
     "agent_info",
     "Constant 1, labelled with the agent's version, name and pool",

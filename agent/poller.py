@@ -8,20 +8,30 @@ before the claim and published to new/ after it.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 import uuid
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from types import FrameType
 from typing import Any
 
-from agent import __version__, defaults, metrics
+from agent import __version__, backend_config, defaults, metrics
 from agent.api import PrefectClient
 from agent.backoff import next_poll_interval
 from agent.claim import Claim, interpret, is_our_pending, pending_state
 from agent.config import PollerConfig
-from agent.errors import RET_OK, ApiError, JobVariableError, NotFoundError, SpecError, SpoolError
+from agent.errors import (
+    RET_OK,
+    ApiError,
+    ConfigError,
+    JobVariableError,
+    NotFoundError,
+    SpecError,
+    SpoolError,
+)
 from agent.jobvars import (
     base_job_template,
     labels_match,
@@ -29,9 +39,11 @@ from agent.jobvars import (
     parse_labels,
     template_defaults,
 )
+from agent.logs import run_context
 from agent.registry import IDLE, Registry
+from agent.runlogs import NoRunLogs, RunLogs
 from agent.spec import JobSpec, dumps, loads
-from agent.spool import NEW, TMP, Spool
+from agent.spool import NEW, TMP, Spool, write_poller_state
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +55,17 @@ class Poller:
         client: PrefectClient,
         spool: Spool,
         registry: Registry,
+        runlogs: RunLogs | None = None,
     ) -> None:
-        self.config = config
+        # `base_config` is what flags, env and file said; `config` is that with the
+        # backend config on top, replaced whole when the variable changes.
+        self.base_config = self.config = config
         self.client = client
         self.spool = spool
         self.registry = registry
+        self.runlogs: RunLogs = runlogs or NoRunLogs()
+        self._backend: backend_config.BackendSettings | None = None
+        self._next_backend_read = 0.0
         self.polls = 0
         self.started_at = time.time()
         self.last_success: float | None = None
@@ -81,6 +99,7 @@ class Poller:
     # -- the loop --------------------------------------------------------------------
 
     def run(self) -> int:
+        self._publish_info()
         log.info(
             "agent %s %s: pool %r, labels %s, spool %s",
             self.config.name,
@@ -89,7 +108,6 @@ class Poller:
             sorted(self.config.labels),
             self.spool.root,
         )
-        metrics.INFO.labels(__version__, self.config.name, self.config.pool).set(1)
         while not self._stop.is_set():
             self.tick()
             if self.config.max_polls is not None and self.polls >= self.config.max_polls:
@@ -102,6 +120,8 @@ class Poller:
         """One round: pool set-up if needed, heartbeat, reconcile, poll and claim."""
         claimed = 0
         try:
+            if self.config.agent_config_id and time.monotonic() >= self._next_backend_read:
+                self.refresh_backend_config()
             if self._pool_defaults is None:
                 self._setup_pool()
             self._heartbeat_if_due()
@@ -116,7 +136,62 @@ class Poller:
         self.interval = next_poll_interval(
             self.interval, claimed > 0, self.config.poll_interval_min, self.config.poll_interval_max
         )
+        self._write_state()
         return claimed
+
+    def _write_state(self) -> None:
+        """For `agent status`: what this poller is and when it last polled."""
+        state: dict[str, object] = {
+            "pid": os.getpid(),
+            "name": self.config.name,
+            "pool": self.config.pool,
+            "labels": sorted(self.config.labels),
+            "work_queues": list(self.config.work_queues),
+            "hostname": self.config.hostname,
+            "version": __version__,
+            "started": self.started_at,
+            "last_successful_poll": self.last_success,
+            "last_error": self.last_error,
+            "updated": time.time(),
+        }
+        try:
+            write_poller_state(self.spool.root, state)
+        except OSError as exc:  # a full disk shows in health already
+            log.debug("cannot write poller state: %s", exc)
+
+    # -- backend config ----------------------------------------------------------------
+
+    def refresh_backend_config(self) -> None:
+        """Read the --agent-config-id variable and apply it if it changed.
+
+        Before the first success nothing is claimed: a missing or malformed variable
+        stops the agent (ConfigError), an unreachable API is retried by the loop. Later,
+        any error keeps the last good settings.
+        """
+        assert self.config.agent_config_id
+        self._next_backend_read = time.monotonic() + self.config.agent_config_refresh
+        first = self._backend is None
+        try:
+            settings = backend_config.fetch(self.client, self.config.agent_config_id)
+        except (ApiError, ConfigError) as exc:
+            if first:
+                raise
+            log.error("agent config: keeping the current settings: %s", exc)
+            return
+        if settings == self._backend:
+            return
+        new = backend_config.apply(self.base_config, settings)
+        if not first and new.name != self.config.name:
+            log.warning("agent config: name %r takes effect at the next restart", new.name)
+            new = replace(new, name=self.config.name)
+        for line in backend_config.describe_changes(self.config, new):
+            log.info("agent config %s: %s", self.config.agent_config_id, line)
+        self._backend, self.config = settings, new
+        self._publish_info()
+
+    def _publish_info(self) -> None:
+        metrics.INFO.clear()
+        metrics.INFO.labels(__version__, self.config.name, self.config.pool).set(1)
 
     def _sleep(self, seconds: float) -> None:
         """Wait for the next poll; wake early on poke, stop, or a freed worker with a backlog."""
@@ -228,6 +303,10 @@ class Poller:
         log.warning("flow run %s: %s (%s)", flow_run_id, message, answer.get("status"))
 
     def claim(self, flow_run: dict[str, Any], job_variables: dict[str, Any]) -> bool:
+        with run_context(flow_run["id"]):
+            return self._claim(flow_run, job_variables)
+
+    def _claim(self, flow_run: dict[str, Any], job_variables: dict[str, Any]) -> bool:
         """Write ahead, propose Pending, then publish (ours) or discard (not ours)."""
         run_id = flow_run["id"]
         transition_id = str(uuid.uuid4())
@@ -245,6 +324,7 @@ class Poller:
             env_vars=dict(self.config.env_vars),
             import_paths=list(self.config.import_paths),
             show_flow_logs=self.config.show_flow_logs,
+            cloud_logs=self.config.cloud_logs,
         )
         self.spool.write_ahead(run_id, dumps(spec))
         try:
@@ -256,6 +336,7 @@ class Poller:
             raise
         result = interpret(answer, transition_id)
         if result.claim is Claim.ACCEPTED:
+            self._submitted(run_id, spec.cloud_logs)
             self.spool.publish(run_id)
             metrics.CLAIMED.inc()
             log.info("flow run %s (%s) claimed", run_id, spec.flow_run_name)
@@ -268,6 +349,15 @@ class Poller:
             metrics.CLAIM_CONFLICTS.labels(result.claim.value).inc()
             log.info("flow run %s not claimed (%s): %s", run_id, result.claim.value, result.reason)
         return False
+
+    def _submitted(self, run_id: str, cloud_logs: bool) -> None:
+        """The run's first line in Prefect's UI. Emitted before the spec is published, so
+        that it is timestamped before anything a worker says about the run."""
+        if cloud_logs:
+            self.runlogs.emit(
+                run_id,
+                f"Submitted for execution by agent {self.config.name!r} on {self.config.hostname}",
+            )
 
     def _label(self, run_id: str) -> None:
         labels = {
@@ -287,23 +377,28 @@ class Poller:
         start of a tick nothing in tmp/ is in flight.
         """
         for run_id in self.spool.run_ids(TMP):
-            try:
-                spec = loads(self.spool.read(TMP, run_id))
-            except (OSError, SpecError):
-                self.spool.discard(run_id)  # never complete, so never used to claim
-                continue
-            try:
-                flow_run = self.client.read_flow_run(run_id)
-            except NotFoundError:
-                self.spool.discard(run_id)
-                continue
-            if is_our_pending(flow_run.get("state"), spec.transition_id):
-                log.info("flow run %s: earlier claim had succeeded; publishing", run_id)
-                self.spool.publish(run_id)
-                metrics.CLAIMED.inc()
-                self._label(run_id)
-            else:
-                self.spool.discard(run_id)
+            with run_context(run_id):
+                self._reconcile_one(run_id)
+
+    def _reconcile_one(self, run_id: str) -> None:
+        try:
+            spec = loads(self.spool.read(TMP, run_id))
+        except (OSError, SpecError):
+            self.spool.discard(run_id)  # never complete, so never used to claim
+            return
+        try:
+            flow_run = self.client.read_flow_run(run_id)
+        except NotFoundError:
+            self.spool.discard(run_id)
+            return
+        if is_our_pending(flow_run.get("state"), spec.transition_id):
+            log.info("flow run %s: earlier claim had succeeded; publishing", run_id)
+            self._submitted(run_id, spec.cloud_logs)
+            self.spool.publish(run_id)
+            metrics.CLAIMED.inc()
+            self._label(run_id)
+        else:
+            self.spool.discard(run_id)
 
     # -- health ----------------------------------------------------------------------
 

@@ -5,14 +5,15 @@ from __future__ import annotations
 import logging
 import os
 
-from agent import metrics
+from agent import backend_config, metrics
 from agent.api import PrefectClient
 from agent.config import PollerConfig, WorkerConfig
-from agent.errors import ConfigError
+from agent.errors import ApiError, ConfigError
 from agent.httpd import AgentHTTPServer
 from agent.launcher import ShimLauncher
 from agent.poller import Poller
 from agent.registry import Registry
+from agent.runlogs import NoRunLogs, RunLogs, ship_to
 from agent.spool import Spool, lock_poller
 from agent.supervision import start_group
 from agent.worker import Worker
@@ -20,12 +21,36 @@ from agent.worker import Worker
 log = logging.getLogger(__name__)
 
 
+# The logger name our run log lines carry in Prefect's UI.
+RUN_LOGGER = "local-agent"
+
+
+def resolve_backend_config(config: PollerConfig) -> tuple[PollerConfig, set[str]]:
+    """For --print-config: the config with the backend variable applied, and what it set."""
+    if not config.agent_config_id:
+        return config, set()
+    try:
+        settings = backend_config.fetch(PrefectClient(config.api), config.agent_config_id)
+    except ApiError as exc:
+        raise ConfigError(f"cannot read agent config {config.agent_config_id!r}: {exc}") from exc
+    return backend_config.apply(config, settings), backend_config.defined(settings)
+
+
+def _runlogs(client: PrefectClient, wanted: bool) -> RunLogs:
+    if not wanted:
+        return NoRunLogs()
+    return ship_to(client, RUN_LOGGER)  # started
+
+
 def run_poller(config: PollerConfig) -> int:
     spool = Spool(config.spool_dir)
     spool.ensure()
     lock_fd = lock_poller(spool.root)
     registry = Registry(spool.root)
-    poller = Poller(config, PrefectClient(config.api), spool, registry)
+    client = PrefectClient(config.api)
+    # The backend config has no cloud-logs key, so whether to ship is known now.
+    runlogs = _runlogs(client, config.cloud_logs)
+    poller = Poller(config, client, spool, registry, runlogs)
     poller.install_signal_handlers()
     server = None
     if config.address:
@@ -44,6 +69,7 @@ def run_poller(config: PollerConfig) -> int:
     try:
         return poller.run()
     finally:
+        runlogs.close()
         if server is not None:
             server.shutdown()
             server.server_close()
@@ -52,12 +78,19 @@ def run_poller(config: PollerConfig) -> int:
 
 def run_worker(config: WorkerConfig) -> int:
     spool = Spool(config.spool_dir)
+    client = PrefectClient(config.api)
+    # Whether a run's lines are sent is the spec's choice (the poller's --no-cloud-logs).
+    runlogs = _runlogs(client, True)
     worker = Worker(
         config,
-        PrefectClient(config.api),
+        client,
         spool,
         Registry(spool.root),
         ShimLauncher(config.flow_log_max_bytes),
+        runlogs=runlogs,
     )
     worker.install_signal_handlers()
-    return worker.run()
+    try:
+        return worker.run()
+    finally:
+        runlogs.close()

@@ -19,6 +19,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {
     "env_vars": dict,
     "import_paths": list,
     "show_flow_logs": bool,
+    "cloud_logs": bool,
 }
 
 
@@ -38,6 +39,9 @@ class JobSpec:
     env_vars: dict[str, str] = field(default_factory=dict)
     import_paths: list[str] = field(default_factory=list)
     show_flow_logs: bool = False
+    # False (--no-cloud-logs): no agent run logs to the API, and the flow's own logging
+    # to the API is turned off.
+    cloud_logs: bool = True
 
 
 def dumps(spec: JobSpec) -> bytes:

@@ -24,7 +24,9 @@ from agent.environment import build_argv, build_env
 from agent.errors import RET_OK, ApiError, JobVariableError, SpecError, SpoolError
 from agent.jobvars import validate_job_variables
 from agent.launcher import ExitStatus, Launcher
+from agent.logs import run_context
 from agent.registry import BUSY, IDLE, Registry
+from agent.runlogs import NoRunLogs, RunLogs
 from agent.spec import JobSpec, loads
 from agent.spool import Lease, Spool
 
@@ -59,6 +61,7 @@ class Worker:
         registry: Registry,
         launcher: Launcher,
         environ: dict[str, str] | None = None,
+        runlogs: RunLogs | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -66,6 +69,7 @@ class Worker:
         self.registry = registry
         self.launcher = launcher
         self.environ = dict(os.environ if environ is None else environ)
+        self.runlogs: RunLogs = runlogs or NoRunLogs()
         self._stop = threading.Event()
 
     # -- lifecycle -------------------------------------------------------------------
@@ -124,7 +128,8 @@ class Worker:
         except SpecError as exc:
             self._refuse(lease, exc)
             return
-        outcome = self._run(lease, spec)
+        with run_context(spec.flow_run_id):
+            outcome = self._run(lease, spec)
         metrics.FINISHED.labels(outcome.name).inc()
         self.spool.finish(lease, outcome.name)
         log.info("flow run %s finished: %s", spec.flow_run_id, outcome.name)
@@ -142,13 +147,13 @@ class Worker:
             job = validate_job_variables(spec.job_variables)
         except JobVariableError as exc:
             message = f"Flow run {run_id} cannot start: {exc}"
-            return self._fail(run_id, message)
+            return self._fail(run_id, message, spec)
         cwd = job.working_dir or os.getcwd()
         if job.working_dir and not os.path.isdir(job.working_dir):
             message = (
                 f"Flow run {run_id} has a nonexistent `working_dir` configured: {job.working_dir}"
             )
-            return self._fail(run_id, message)
+            return self._fail(run_id, message, spec)
         env = build_env(
             self.environ,
             working_dir=cwd,
@@ -158,6 +163,7 @@ class Worker:
             api_url=self.config.api.url,
             secret_env=self.config.api.secret_env(),
             flow_run_id=run_id,
+            logs_to_api=spec.cloud_logs,
         )
         argv = build_argv(job.command, self.config.flow_python)
         prefix = f"[{spec.flow_run_name or run_id}] " if spec.show_flow_logs else None
@@ -165,18 +171,32 @@ class Worker:
             run_dir = self.spool.run_dir(run_id)
             handle = self.launcher.start(argv, env, cwd, run_dir, [lease.fd], prefix)
         except (OSError, SpoolError) as exc:
-            return self._fail(run_id, f"Flow run {run_id} could not be started: {exc}")
+            message = f"Flow run {run_id} could not be started: {exc}"
+            return self._fail(run_id, message, spec)
         started = time.time()
         metrics.STARTED.inc()
         scheduled = parse_time(spec.scheduled_start)
         if scheduled is not None:
             metrics.START_DELAY.observe(max(0.0, started - scheduled))
         log.info("flow run %s started: pid %s, %s", run_id, handle.pid, argv[0])
+        self._run_log(
+            spec,
+            f"Process started by worker {self.config.worker_id} on {self.config.hostname}: "
+            f"PID {handle.pid}",
+        )
         self._report_pid(run_id, handle.pid)
         status = handle.wait()
-        metrics.RUN_DURATION.observe(time.time() - started)
+        duration = time.time() - started
+        metrics.RUN_DURATION.observe(duration)
         log.info("flow run %s process %s", run_id, status.describe())
+        level = logging.INFO if status.returncode == 0 else logging.WARNING
+        self._run_log(spec, f"Process {status.describe()} after {duration:.1f}s", level)
         return self._settle(run_id, status)
+
+    def _run_log(self, spec: JobSpec, message: str, level: int = logging.INFO) -> None:
+        """A line on the run's page in Prefect's UI, unless the agent has --no-cloud-logs."""
+        if spec.cloud_logs:
+            self.runlogs.emit(spec.flow_run_id, message, level)
 
     # -- reporting -------------------------------------------------------------------
 
@@ -200,8 +220,9 @@ class Worker:
         final = self._propose(run_id, state)
         return Outcome(final or "crashed", message)
 
-    def _fail(self, run_id: str, message: str) -> Outcome:
+    def _fail(self, run_id: str, message: str, spec: JobSpec) -> Outcome:
         log.error("%s", message)
+        self._run_log(spec, message, logging.ERROR)
         final = self._report_failed(run_id, message)
         return Outcome(final or "failed", message)
 

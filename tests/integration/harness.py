@@ -126,12 +126,15 @@ class Procs:
 
 
 class Supervisor:
-    """supervisord with the repository's supervisord.conf, configured by environment."""
+    """supervisord with the repository's supervisord.conf (configured by environment), or
+    with another configuration file such as the output of `agent local install`."""
 
-    def __init__(self, procs: Procs, run_dir: Path, env: dict[str, str]) -> None:
+    def __init__(
+        self, procs: Procs, run_dir: Path, env: dict[str, str], conf: Path | None = None
+    ) -> None:
         self.procs, self.run_dir = procs, run_dir
         self.env = env
-        self.conf = str(REPO / "supervisord.conf")
+        self.conf = str(conf or REPO / "supervisord.conf")
 
     def ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         return self.procs.run(["supervisorctl", "-c", self.conf, *args], self.env, timeout)
