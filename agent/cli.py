@@ -283,6 +283,8 @@ def agent_executable() -> str:
 @click.option(
     "--include-only",
     is_flag=True,
+    envvar="AGENT_INCLUDE_ONLY",
+    show_envvar=True,
     help="Print only the two [program:...] sections, for the host's own supervisord "
     "(e.g. /etc/supervisor/conf.d/local-agent.conf).",
 )

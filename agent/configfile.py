@@ -11,12 +11,11 @@ from __future__ import annotations
 import difflib
 import os
 import stat
+import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import tomllib
 
 from agent.errors import ConfigError
 from agent.logs import FORMATS, LEVELS

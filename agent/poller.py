@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -235,7 +235,7 @@ class Poller:
 
     def poll_once(self) -> int:
         free = self.free_slots()
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         runs = self.client.get_scheduled_flow_runs(
             self.config.pool,
             now + timedelta(seconds=self.config.prefetch_seconds),

@@ -15,7 +15,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from agent import metrics
@@ -122,7 +122,7 @@ class RunLogShipper:
             "name": self._name,
             "level": int(level),
             "message": str(message)[:MAX_MESSAGE_CHARS],
-            "timestamp": datetime.fromtimestamp(self._clock(), timezone.utc).isoformat(),
+            "timestamp": datetime.fromtimestamp(self._clock(), UTC).isoformat(),
             "flow_run_id": run_id,
             "task_run_id": None,
         }

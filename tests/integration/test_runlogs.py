@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -47,7 +47,7 @@ def logs_of(client: PrefectClient, run_id: str) -> list[dict[str, Any]]:
 def test_lines_land_on_the_flow_run_in_order(client: PrefectClient) -> None:
     run_id = new_flow_run(client)
     before = sent()
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     shipper = ship_to(client, "local-agent-test", flush_interval=0.05)
     shipper.emit(run_id, "Submitted for execution by agent a on host h")
     shipper.emit(run_id, "Process started: PID 123", logging.WARNING)
@@ -63,7 +63,7 @@ def test_lines_land_on_the_flow_run_in_order(client: PrefectClient) -> None:
     for log in logs:
         assert log["flow_run_id"] == run_id and log["task_run_id"] is None
         stamp = datetime.fromisoformat(log["timestamp"].replace("Z", "+00:00"))
-        assert started - timedelta(seconds=1) <= stamp <= datetime.now(timezone.utc)
+        assert started - timedelta(seconds=1) <= stamp <= datetime.now(UTC)
 
 
 def test_the_server_rejects_a_whole_batch_for_one_bad_run_id(client: PrefectClient) -> None:
@@ -73,7 +73,7 @@ def test_the_server_rejects_a_whole_batch_for_one_bad_run_id(client: PrefectClie
         "name": "local-agent-test",
         "level": 20,
         "message": "good",
-        "timestamp": datetime.now(timezone.utc).isoformat(),
+        "timestamp": datetime.now(UTC).isoformat(),
         "flow_run_id": run_id,
         "task_run_id": None,
     }

@@ -228,8 +228,9 @@ def test_loosely_readable_file_with_a_secret_warns(tmp_path: Path) -> None:
 
 
 def test_every_option_names_its_env_var_in_help() -> None:
-    for command in (["local", "start"], ["worker"]):
+    for command in (["local", "start"], ["worker"], ["local", "install"], ["status"]):
         out = CliRunner().invoke(cli, [*command, "--help"], terminal_width=200).output
+        out = out[out.index("Options:") :]
         options = [line for line in out.splitlines() if line.strip().startswith("-")]
         for line in options:
             if "--help" in line or "--print-config" in line:
