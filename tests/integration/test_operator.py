@@ -59,10 +59,14 @@ def test_install_output_runs_under_supervisord_and_status_reports(
         done = agent.procs.run(["agent", "status", "--spool", str(agent.spool), *args])
         return done.returncode, done.stdout
 
-    wait_for(lambda: json.loads(status("--json")[1])["runs"]["finished_last_hour"]["completed"]
-             == 3, 20, "both runs settled")  # fmt: skip
-    code, out = status("--json")
-    snap = json.loads(out)
+    def completed() -> int:
+        snap = json.loads(status("--json")[1])
+        count: int = snap["runs"]["finished_last_hour"]["completed"]
+        return count
+
+    wait_for(lambda: completed() == 3, 20, "the three runs settled")
+    code, text = status("--json")
+    snap = json.loads(text)
     assert code == 0
     assert snap["poller"]["alive"] is True
     assert snap["poller"]["pool"] == agent.pool
