@@ -38,15 +38,26 @@ class AgentHTTPServer(ThreadingHTTPServer):
         return thread
 
 
+def health_body(ok: bool, checks: dict[str, Any], verbose: bool) -> dict[str, Any]:
+    """{"healthy", "reasons": {failing check: why}, "checks": {name: ok}}; with
+    ``?verbose`` each check carries all its values."""
+    return {
+        "healthy": ok,
+        "reasons": {name: c.get("reason") for name, c in checks.items() if not c["ok"]},
+        "checks": checks if verbose else {name: c["ok"] for name, c in checks.items()},
+    }
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: AgentHTTPServer
 
     def do_GET(self) -> None:
-        path = urlsplit(self.path).path
+        url = urlsplit(self.path)
+        path = url.path
         try:
             if path == "/api/health":
                 ok, checks = self.server.health()
-                self._json(200 if ok else 503, {"healthy": ok, "checks": checks})
+                self._json(200 if ok else 503, health_body(ok, checks, "verbose" in url.query))
             elif path == "/api/poke":
                 self.server.poke()
                 self._json(200, {"poked": True})

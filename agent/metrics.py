@@ -8,6 +8,7 @@ Labels are of bounded cardinality only: never a flow run id.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterable
 
@@ -80,7 +81,8 @@ INFO = Gauge(
     "agent_info",
     "Constant 1, labelled with the agent's version, name and pool",
     ["version", "name", "pool"],
-    multiprocess_mode="mostrecent",
+    # Live: only the running poller's labels, not a dead or renamed one's.
+    multiprocess_mode="livemax",
 )
 
 
@@ -111,9 +113,56 @@ def multiprocess_dir() -> str | None:
     return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
+def _files(directory: str) -> list[tuple[str, int]]:
+    """(path, pid) of every metrics file: prometheus_client names them ``<kind>_<pid>.db``."""
+    found = []
+    for name in os.listdir(directory):
+        stem, _, pid = name.removesuffix(".db").rpartition("_")
+        if name.endswith(".db") and stem and pid.isdigit():
+            found.append((os.path.join(directory, name), int(pid)))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def reset_if_whole_agent_starts(own_pid: int) -> bool:
+    """Called by a starting poller: when no other process of the agent is alive, the
+    whole agent is starting, so the files of earlier lives go. Never when a worker (or
+    the poller alone) restarts: their counter files carry the counts on across pids."""
+    directory = multiprocess_dir()
+    if not directory:
+        return False
+    files = _files(directory)
+    if any(pid != own_pid and _alive(pid) for _, pid in files):
+        return False
+    for path, pid in files:
+        if pid != own_pid:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+    return True
+
+
+def sweep_dead() -> None:
+    """Drop live gauges of processes that died without saying so (kill -9)."""
+    directory = multiprocess_dir()
+    if directory:
+        for pid in {pid for path, pid in _files(directory) if "_live" in path}:
+            if not _alive(pid):
+                mark_process_dead(pid)
+
+
 def render(extra: Collector | None = None) -> bytes:
     """The Prometheus text exposition of all agent processes plus ``extra``."""
     if multiprocess_dir():
+        sweep_dead()
         # A fresh registry per scrape, as prometheus_client's multiprocess docs require.
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

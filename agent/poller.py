@@ -125,6 +125,7 @@ class Poller:
             if self._pool_defaults is None:
                 self._setup_pool()
             self._heartbeat_if_due()
+            self._probe_spool()
             self.reconcile_tmp()
             claimed = self.poll_once()
             self.last_error = None
@@ -138,6 +139,14 @@ class Poller:
         )
         self._write_state()
         return claimed
+
+    def _probe_spool(self) -> None:
+        error = self.spool.probe()
+        if error and not self.spool_error:
+            log.error("spool %s %s: claiming nothing until it is writable", self.spool.root, error)
+        elif self.spool_error and not error:
+            log.info("spool %s is writable again", self.spool.root)
+        self.spool_error = error
 
     def _write_state(self) -> None:
         """For `agent status`: what this poller is and when it last polled."""
@@ -234,7 +243,8 @@ class Poller:
         return max(0, idle - self.spool.count(NEW))
 
     def poll_once(self) -> int:
-        free = self.free_slots()
+        # Nothing is claimed that cannot be written; polling goes on (it proves the API).
+        free = 0 if self.spool_error else self.free_slots()
         now = datetime.now(UTC)
         runs = self.client.get_scheduled_flow_runs(
             self.config.pool,
@@ -270,8 +280,6 @@ class Poller:
                 self.spool_error = str(exc)
                 log.error("spool not writable, claiming nothing: %s", exc)
                 break
-        else:
-            self.spool_error = None
         return claimed
 
     def _job_variables(
@@ -403,22 +411,44 @@ class Poller:
     # -- health ----------------------------------------------------------------------
 
     def health(self) -> tuple[bool, dict[str, Any]]:
+        """Each check with ``ok``, a ``reason`` when failing, and its values. Reads only
+        what the loop keeps and the spool's files: never the API, so it answers fast."""
         now = time.time()
         max_age = max(3 * self.config.poll_interval_max, 30.0)
         since = self.last_success if self.last_success is not None else self.started_at
-        poll_ok = now - since <= max_age
+        age = now - since
+        poll_ok = age <= max_age
+        what = "since the agent started" if self.last_success is None else "for"
+        poll_reason = None
+        if not poll_ok:
+            poll_reason = f"no successful poll {what} {age:.0f}s (limit {max_age:.0f}s)"
+            if self.last_error:
+                poll_reason += f": {self.last_error}"
         workers = self.registry.counts()
-        writable = self.spool.writable() and self.spool_error is None
+        live = workers[IDLE] + workers["busy"]
+        workers_reason = None
+        if not live:
+            workers_reason = f"no live worker process ({workers['dead']} dead)"
+        spool_error = self.spool_error or (
+            None if self.spool.writable() else "not writable (read-only or permissions)"
+        )
+        spool_reason = None if spool_error is None else f"spool {self.spool.root}: {spool_error}"
         checks: dict[str, Any] = {
             "poll": {
                 "ok": poll_ok,
+                "reason": poll_reason,
                 "last_successful_poll_age_seconds": (
                     None if self.last_success is None else round(now - self.last_success, 3)
                 ),
                 "max_age_seconds": max_age,
                 "last_error": self.last_error,
             },
-            "workers": {"ok": workers["idle"] + workers["busy"] > 0, **workers},
-            "spool": {"ok": writable, "path": str(self.spool.root), "error": self.spool_error},
+            "workers": {"ok": live > 0, "reason": workers_reason, **workers},
+            "spool": {
+                "ok": spool_error is None,
+                "reason": spool_reason,
+                "path": str(self.spool.root),
+                "depth": self.spool.depth(),
+            },
         }
         return all(c["ok"] for c in checks.values()), checks

@@ -46,6 +46,8 @@ def run_poller(config: PollerConfig) -> int:
     spool = Spool(config.spool_dir)
     spool.ensure()
     lock_fd = lock_poller(spool.root)
+    if metrics.reset_if_whole_agent_starts(os.getpid()):
+        log.info("metrics: the whole agent is starting; counters start from zero")
     registry = Registry(spool.root)
     client = PrefectClient(config.api)
     # The backend config has no cloud-logs key, so whether to ship is known now.
@@ -70,6 +72,7 @@ def run_poller(config: PollerConfig) -> int:
         return poller.run()
     finally:
         runlogs.close()
+        metrics.mark_process_dead(os.getpid())
         if server is not None:
             server.shutdown()
             server.server_close()

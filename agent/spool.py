@@ -137,6 +137,21 @@ class Spool:
                 return state
         return None
 
+    def probe(self) -> str | None:
+        """Try writing a byte where specs are written ahead: None, or why it failed (a
+        full disk passes `writable()` but fails here)."""
+        path = self.dir(TMP) / f".probe.{os.getpid()}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                os.write(fd, b"x")
+            finally:
+                os.close(fd)
+                path.unlink(missing_ok=True)
+        except OSError as exc:
+            return f"cannot write: {exc.strerror}"
+        return None
+
     def writable(self) -> bool:
         return os.access(self.dir(TMP), os.W_OK) and os.access(self.dir(NEW), os.W_OK)
 

@@ -71,8 +71,6 @@ start_agent() {
     if alive "$AGENT_RUN_DIR/supervisord.pid"; then
         say "supervisord already running"
     else
-        # The whole agent starts now: old metrics files go (never on one worker's restart).
-        rm -rf "$AGENT_RUN_DIR/metrics" && mkdir -p "$AGENT_RUN_DIR/metrics"
         say "starting supervisord -c supervisord.conf"
         supervisord -c "$CONF"
         for _ in $(seq 1 50); do [ -S "$AGENT_RUN_DIR/supervisor.sock" ] && break; sleep 0.1; done

@@ -45,7 +45,7 @@ def test_runs_complete_through_supervisord(agent: Agent, marker: Path) -> None:
     assert health.status_code == 200, health.text
     # Workers go idle once they have settled their run (after Prefect shows it final).
     wait_for(
-        lambda: requests.get(url, timeout=5).json()["checks"]["workers"]["idle"] == 2,
+        lambda: requests.get(f"{url}?verbose", timeout=5).json()["checks"]["workers"]["idle"] == 2,
         20,
         "both workers idle",
     )
