@@ -7,7 +7,7 @@ import os
 
 from agent import backend_config, metrics
 from agent.api import PrefectClient
-from agent.config import PollerConfig, WorkerConfig
+from agent.config import ApiSettings, PollerConfig, WorkerConfig
 from agent.errors import ApiError, ConfigError
 from agent.httpd import AgentHTTPServer
 from agent.launcher import ShimLauncher
@@ -36,10 +36,11 @@ def resolve_backend_config(config: PollerConfig) -> tuple[PollerConfig, set[str]
     return backend_config.apply(config, settings), backend_config.defined(settings)
 
 
-def _runlogs(client: PrefectClient, wanted: bool) -> RunLogs:
+def _runlogs(settings: ApiSettings, wanted: bool) -> RunLogs:
     if not wanted:
         return NoRunLogs()
-    return ship_to(client, RUN_LOGGER)  # started
+    # A client of its own: requests sessions are not meant to be shared across threads.
+    return ship_to(PrefectClient(settings), RUN_LOGGER)  # started
 
 
 def run_poller(config: PollerConfig) -> int:
@@ -51,7 +52,7 @@ def run_poller(config: PollerConfig) -> int:
     registry = Registry(spool.root)
     client = PrefectClient(config.api)
     # The backend config has no cloud-logs key, so whether to ship is known now.
-    runlogs = _runlogs(client, config.cloud_logs)
+    runlogs = _runlogs(config.api, config.cloud_logs)
     poller = Poller(config, client, spool, registry, runlogs)
     poller.install_signal_handlers()
     server = None
@@ -71,7 +72,7 @@ def run_poller(config: PollerConfig) -> int:
     try:
         return poller.run()
     finally:
-        runlogs.close()
+        runlogs.close(timeout=0.5)  # a stopping poller exits within a second
         metrics.mark_process_dead(os.getpid())
         if server is not None:
             server.shutdown()
@@ -83,7 +84,7 @@ def run_worker(config: WorkerConfig) -> int:
     spool = Spool(config.spool_dir)
     client = PrefectClient(config.api)
     # Whether a run's lines are sent is the spec's choice (the poller's --no-cloud-logs).
-    runlogs = _runlogs(client, True)
+    runlogs = _runlogs(config.api, True)
     worker = Worker(
         config,
         client,
