@@ -271,7 +271,7 @@ class Poller:
                 log.debug("flow run %s needs labels %s: not for us", flow_run["id"], sorted(labels))
                 continue
             if claimed >= free:
-                self.backlog = True
+                self.backlog = not self.spool_error  # a worker is short, not the disk
                 break
             try:
                 if self.claim(flow_run, job_variables):

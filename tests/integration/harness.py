@@ -162,44 +162,81 @@ class Supervisor:
             wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "supervisord to exit")
 
 
-@contextlib.contextmanager
-def prefect_server(home: Path, auth: str) -> Iterator[str]:
-    """A real Prefect 3.8.8 server on a free loopback port with its own PREFECT_HOME."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_API_AUTH_STRING": auth,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_API_URL": "",
-    }
-    log = open(home / "server.log", "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
+class PrefectServer:
+    """A real Prefect 3.8.8 server on a loopback port with its own PREFECT_HOME, that a
+    test can stop and start again on the same port and home (the SQLite database is in
+    the home, so its data persists). Stopping kills the server's process group by pid."""
+
+    def __init__(self, home: Path, auth: str, port: int | None = None) -> None:
+        self.home, self.auth = home, auth
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 180) -> str:
+        """Start the server and wait until it answers /health; returns the API URL."""
+        assert self.proc is None, "already started"
+        env = {
+            **os.environ,
+            "PREFECT_HOME": str(self.home),
+            "PREFECT_SERVER_API_AUTH_STRING": self.auth,
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_API_URL": "",
+        }
+        with open(self.home / "server.log", "ab") as log:
+            proc = self.proc = subprocess.Popen(
+                [
+                    str(BIN / "prefect"),
+                    *("server", "start", "--host", "127.0.0.1", "--port", str(self.port)),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         import requests
 
         def up() -> bool:
             if proc.poll() is not None:
-                raise AssertionError(f"Prefect server exited: {(home / 'server.log').read_text()}")
+                raise AssertionError(f"Prefect server exited: {self.log()}")
             with contextlib.suppress(requests.RequestException):
-                return requests.get(f"{url}/health", timeout=2).status_code == 200
+                return requests.get(f"{self.url}/health", timeout=2).status_code == 200
             return False
 
-        wait_for(up, 180, "the Prefect server")
-        yield url
-    finally:
+        try:
+            wait_for(up, timeout, "the Prefect server")
+        except BaseException:
+            self.stop()
+            raise
+        return self.url
+
+    def stop(self, grace: float = 20) -> None:
+        """TERM the server's process group, KILL it after ``grace`` seconds; idempotent."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-        log.close()
+        # The group may outlive its leader (a child that ignored TERM): no survivors.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    def log(self) -> str:
+        path = self.home / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+@contextlib.contextmanager
+def prefect_server(home: Path, auth: str) -> Iterator[str]:
+    """A real Prefect 3.8.8 server on a free loopback port with its own PREFECT_HOME."""
+    server = PrefectServer(home, auth)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
