@@ -40,10 +40,10 @@ from agent.jobvars import (
     template_defaults,
 )
 from agent.logs import run_context
-from agent.registry import IDLE, Registry
+from agent.registry import BUSY, IDLE, Registry
 from agent.runlogs import NoRunLogs, RunLogs
 from agent.spec import JobSpec, dumps, loads
-from agent.spool import NEW, TMP, Spool, write_poller_state
+from agent.spool import CUR, NEW, TMP, Spool, write_poller_state
 
 log = logging.getLogger(__name__)
 
@@ -238,9 +238,12 @@ class Poller:
     # -- claiming --------------------------------------------------------------------
 
     def free_slots(self) -> int:
-        """Idle live workers minus specs already waiting for one."""
-        idle = self.registry.counts()[IDLE]
-        return max(0, idle - self.spool.count(NEW))
+        """Live workers minus runs waiting or running. Counted from the spool rather than
+        the workers' idle flags: a worker flags itself busy a moment after it takes a
+        spec, and counting it idle then would claim one run too many."""
+        counts = self.registry.counts()
+        live = counts[IDLE] + counts[BUSY]
+        return max(0, live - self.spool.count(NEW) - self.spool.count(CUR))
 
     def poll_once(self) -> int:
         # Nothing is claimed that cannot be written; polling goes on (it proves the API).

@@ -17,7 +17,7 @@ from agent.httpd import health_body
 from agent.jobvars import base_job_template
 from agent.poller import Poller
 from agent.registry import BUSY, DEAD, IDLE, Registry
-from agent.spool import Spool
+from agent.spool import CUR, Spool
 
 URL = "http://prefect.invalid/api"
 ROOT = Path("/srv/agent/spool")
@@ -52,9 +52,10 @@ class FakeSpool(Spool):
         super().__init__(ROOT)
         self.probe_error: str | None = None
         self.access = True
+        self.running: list[str] = []  # specs in cur/: what busy workers run
 
     def run_ids(self, state: str) -> list[str]:
-        return []
+        return self.running if state == CUR else []
 
     def probe(self) -> str | None:
         return self.probe_error
@@ -222,9 +223,11 @@ def test_spool_error_claims_nothing_and_does_not_poll_faster(world: World) -> No
 def test_a_run_left_for_want_of_a_worker_wakes_the_poller_when_one_is_free(world: World) -> None:
     world.client.runs = [{"flow_run": {"id": "run-1", "name": "r"}}]
     world.registry.set(busy=1)
+    world.spool.running = ["run-0"]
     assert world.poller.tick() == 0
     assert world.poller.backlog
     world.registry.set(idle=1)
+    world.spool.running = []
     started = time.monotonic()
     world.poller._sleep(5.0)
     assert time.monotonic() - started < 1
