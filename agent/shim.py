@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
+from agent.procid import identify
+
 STATUS_FILE = "status.json"
 LOG_FILE = "output.log"
 
@@ -70,10 +72,21 @@ def _restore_signals() -> None:
 
 
 def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool) -> int:
+    """status.json goes through three phases, each written atomically:
+    "starting" (the shim's own identity, before the flow exists), "running" (+ the flow's
+    pid and identity), "ended" (+ its return code). A worker that adopts the run reads it:
+    no file at all means the flow never started."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     log = BoundedLog(run_dir / LOG_FILE, max_bytes)
     started = time.time()
+    shim = identify(os.getpid())
+    status: dict[str, object] = {
+        "phase": "starting",
+        "shim": shim.to_json() if shim else None,
+        "started": started,
+    }
+    write_status(run_dir, status)
     try:
         proc = subprocess.Popen(
             argv,
@@ -87,11 +100,12 @@ def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool)
         message = f"cannot start {argv[0]!r}: {exc.strerror}"
         log.write(f"local-agent: {message}\n".encode())
         log.close()
-        write_status(
-            run_dir, {"returncode": 127, "error": message, "started": started, "ended": time.time()}
-        )
+        status.update(phase="ended", returncode=127, error=message, ended=time.time())
+        write_status(run_dir, status)
         return 0
-    write_status(run_dir, {"pid": proc.pid, "started": started})
+    flow = identify(proc.pid)
+    status.update(phase="running", pid=proc.pid, flow=flow.to_json() if flow else None)
+    write_status(run_dir, status)
     assert proc.stdout is not None
     out = sys.stdout.buffer
     for line in iter(proc.stdout.readline, b""):
@@ -104,10 +118,8 @@ def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool)
                 echo = False  # the worker's stdout is gone (worker died): keep the log
     returncode = proc.wait()
     log.close()
-    write_status(
-        run_dir,
-        {"pid": proc.pid, "returncode": returncode, "started": started, "ended": time.time()},
-    )
+    status.update(phase="ended", returncode=returncode, ended=time.time())
+    write_status(run_dir, status)
     return 0
 
 

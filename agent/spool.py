@@ -8,9 +8,10 @@
     runs/<id>/ the run's output log and exit status (not a state folder)
 
 This module is the only code that moves spec files. Legal moves:
-tmp->new (publish), tmp->gone (discard), new->cur (take), cur->done (finish),
-new|cur->failed (refuse). Everything lives on one filesystem, so every move is an
-atomic rename or link (never shutil.move, which silently copies across filesystems).
+tmp->new (publish), tmp->gone (discard), new->cur (take), cur->cur (adopt: a new
+lease on an orphaned run), cur->done (finish), new|cur->failed (refuse). Everything
+lives on one filesystem, so every move is an atomic rename or link (never
+shutil.move, which silently copies across filesystems).
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ class Lease:
     path: Path
     fd: int
     data: bytes
+    adopted: bool = False  # taken over from cur/ after its worker and shim died
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -220,6 +222,32 @@ class Spool:
                 os.close(fd)
                 raise SpoolError(f"cannot read spec for flow run {run_id}: {exc}") from exc
             return Lease(run_id, dst, fd, data)
+        return None
+
+    def adopt(self) -> Lease | None:
+        """Lease a spec in cur/ that nobody holds: its worker died and its shim (which
+        inherits the lease) has ended too, or never started. Same locking as `take`, so
+        of racing workers one wins; a spec retired between listing and locking is
+        recognised by its inode and skipped."""
+        for run_id in self.run_ids(CUR):
+            path = self._path(CUR, run_id)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                still_here = os.fstat(fd).st_ino == os.stat(path).st_ino
+                data = os.pread(fd, 1 << 24, 0) if still_here else b""
+            except (BlockingIOError, FileNotFoundError):
+                still_here = False
+            except OSError as exc:
+                os.close(fd)
+                raise SpoolError(f"cannot adopt flow run {run_id}: {exc}") from exc
+            if not still_here:
+                os.close(fd)
+                continue
+            return Lease(run_id, path, fd, data, adopted=True)
         return None
 
     def finish(self, lease: Lease, outcome: str) -> None:

@@ -18,17 +18,18 @@ from types import FrameType
 from typing import Any
 
 from agent import metrics
+from agent.adopt import LOST_MESSAGE, Found, classify
 from agent.api import FINAL_STATE_TYPES, PrefectClient, is_final
 from agent.config import WorkerConfig
 from agent.environment import build_argv, build_env
 from agent.errors import RET_OK, ApiError, JobVariableError, SpecError, SpoolError
 from agent.jobvars import validate_job_variables
-from agent.launcher import ExitStatus, Launcher
+from agent.launcher import ExitStatus, Launcher, read_status
 from agent.logs import run_context
 from agent.registry import BUSY, IDLE, Registry
 from agent.runlogs import NoRunLogs, RunLogs
 from agent.spec import JobSpec, loads
-from agent.spool import Lease, Spool
+from agent.spool import RUNS, Lease, Spool
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,8 @@ class Worker:
         log.info("worker %s ready, spool %s", self.config.worker_id, self.spool.root)
         try:
             while not self._stop.is_set():
-                lease = self.spool.take()
+                # Orphans first: they were claimed earlier, and may be running already.
+                lease = self.spool.adopt() or self.spool.take()
                 if lease is None:
                     self._stop.wait(self.config.idle_sleep)
                     continue
@@ -129,7 +131,9 @@ class Worker:
             self._refuse(lease, exc)
             return
         with run_context(spec.flow_run_id):
-            outcome = self._run(lease, spec)
+            outcome = self._adopt(lease, spec) if lease.adopted else self._run(lease, spec)
+        if outcome is None:
+            return  # stopping while watching an adopted run: the next worker takes it over
         metrics.FINISHED.labels(outcome.name).inc()
         self.spool.finish(lease, outcome.name)
         log.info("flow run %s finished: %s", spec.flow_run_id, outcome.name)
@@ -192,6 +196,35 @@ class Worker:
         level = logging.INFO if status.returncode == 0 else logging.WARNING
         self._run_log(spec, f"Process {status.describe()} after {duration:.1f}s", level)
         return self._settle(run_id, status)
+
+    def _adopt(self, lease: Lease, spec: JobSpec) -> Outcome | None:
+        """A run whose worker died: finish what it started, never start it twice."""
+        run_id = spec.flow_run_id
+        orphan = classify(read_status(self.spool.dir(RUNS) / run_id), lambda p: p.alive())
+        log.warning("flow run %s: adopted after its worker died; it %s", run_id, orphan.found.value)
+        if orphan.found is Found.NEVER_STARTED:
+            final = self._final_state(run_id)
+            return Outcome(final) if final else self._run(lease, spec)
+        status = orphan.status or ExitStatus(None, LOST_MESSAGE)
+        if orphan.flow is not None:
+            self._run_log(
+                spec,
+                f"Worker {self.config.worker_id} on {self.config.hostname} took over watching "
+                f"the flow run's process (PID {orphan.flow.pid}) after its worker died",
+            )
+            while orphan.flow.alive():
+                if self._stop.wait(1.0):
+                    log.info("stopping: flow run %s is left to the next worker", run_id)
+                    return None
+        self._run_log(spec, f"Process {status.describe()} (seen after its worker died)")
+        return self._settle(run_id, status)
+
+    def _final_state(self, run_id: str) -> str | None:
+        try:
+            flow_run = self.client.read_flow_run(run_id)
+        except ApiError:
+            return None
+        return str(flow_run["state"]["type"]).lower() if is_final(flow_run) else None
 
     def _run_log(self, spec: JobSpec, message: str, level: int = logging.INFO) -> None:
         """A line on the run's page in Prefect's UI, unless the agent has --no-cloud-logs."""

@@ -43,3 +43,15 @@ def show_env(out: str, keys: list[str], pause: float = 0.0) -> None:
         json.dump(
             {"env": {k: os.environ.get(k) for k in keys}, "helper": helper, "cwd": os.getcwd()}, f
         )
+
+
+@flow
+def slow_record(marker: str, pause: float, code: int = 0) -> None:
+    """Sleep, then record this run's id (as ``record``), then exit with ``code`` if set:
+    a run that outlives its worker, and ends however the test wants."""
+    time.sleep(pause)
+    with open(marker, "a") as f:
+        f.write(os.environ["PREFECT__FLOW_RUN_ID"] + "\n")
+    if code:
+        sys.stdout.flush()
+        os._exit(code)

@@ -1,0 +1,100 @@
+"""A worker killed with kill -9 mid-run: the flow outlives it, and a worker adopts the
+run and reports it exactly once; nothing runs twice. Real processes, real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.integration.conftest import Agent, executions
+from tests.integration.harness import wait_for
+
+
+def worker_pid(agent: Agent) -> int:
+    body = json.loads((agent.spool / "workers" / "worker.json").read_text())
+    pid: int = body["pid"]
+    return pid
+
+
+def flow_status(agent: Agent, run_id: str) -> dict[str, object]:
+    path = agent.spool / "runs" / run_id / "status.json"
+    try:
+        status: dict[str, object] = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return status
+
+
+def start_run(
+    agent: Agent, marker: Path, pause: float, code: int = 0, env: dict[str, str] | None = None
+) -> str:
+    deployment = agent.deploy("slow_record", job_variables={"env": env or {}})
+    agent.start_poller()
+    agent.start_worker()
+    run_id = agent.run(deployment, {"marker": str(marker), "pause": pause, "code": code})
+    wait_for(lambda: flow_status(agent, run_id).get("phase") == "running", 90, "the flow to run")
+    return run_id
+
+
+def test_flow_outlives_a_killed_worker_and_is_reported_once(agent: Agent, marker: Path) -> None:
+    run_id = start_run(agent, marker, pause=8)
+    os.kill(worker_pid(agent), signal.SIGKILL)
+    agent.start_worker(name="worker")  # what supervisor does: a new worker, same id
+    assert agent.wait([run_id])[run_id]["type"] == "COMPLETED"
+    assert executions(marker) == [run_id]  # ran once, to the end
+    wait_for((agent.spool / "done" / f"{run_id}.json").exists, 30, "the adopter to settle it")
+    assert agent.states(run_id) == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
+    # Its shim lived on and held the lease; once the flow ended the new worker took over.
+    assert "adopted after its worker died; it ended" in agent.procs.log("worker")
+
+
+def test_flow_outliving_worker_and_shim_is_watched_to_the_end(agent: Agent, marker: Path) -> None:
+    # Its output goes through the shim's pipe: with the shim gone, a flow that writes
+    # would die of a broken pipe. This flow writes nothing (console logging off).
+    run_id = start_run(agent, marker, pause=10, env={"PREFECT_LOGGING_LEVEL": "CRITICAL"})
+    shim = flow_status(agent, run_id)["shim"]
+    assert isinstance(shim, dict)
+    os.kill(worker_pid(agent), signal.SIGKILL)
+    os.kill(shim["pid"], signal.SIGKILL)  # nobody holds the lease while the flow runs
+    agent.start_worker(name="worker")
+    wait_for(
+        lambda: "adopted after its worker died; it still running" in agent.procs.log("worker"),
+        30,
+        "the new worker to watch the running flow",
+    )
+    assert agent.wait([run_id])[run_id]["type"] == "COMPLETED"  # the engine reported it
+    wait_for((agent.spool / "done" / f"{run_id}.json").exists, 30, "the run to be settled")
+    assert executions(marker) == [run_id]
+    assert agent.states(run_id) == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
+
+
+def test_worker_and_flow_killed_is_crashed_once_and_never_rerun(agent: Agent, marker: Path) -> None:
+    run_id = start_run(agent, marker, pause=30)
+    flow_pid = flow_status(agent, run_id)["pid"]
+    assert isinstance(flow_pid, int)
+    os.kill(worker_pid(agent), signal.SIGKILL)
+    os.kill(flow_pid, signal.SIGKILL)
+    agent.start_worker(name="worker")
+    state = agent.wait([run_id])[run_id]
+    assert state["type"] == "CRASHED"
+    assert "terminated by signal SIGKILL (9)" in str(state.get("message"))
+    wait_for((agent.spool / "done" / f"{run_id}.json").exists, 30, "the run to be settled")
+    assert executions(marker) == []  # killed before it recorded; and not started again
+    assert agent.states(run_id).count("CRASHED") == 1
+
+
+def test_flow_ending_while_no_worker_runs_gets_its_real_exit_code(
+    agent: Agent, marker: Path
+) -> None:
+    run_id = start_run(agent, marker, pause=3, code=3)
+    os.kill(worker_pid(agent), signal.SIGKILL)
+    wait_for(lambda: flow_status(agent, run_id).get("phase") == "ended", 60, "the flow to end")
+    assert flow_status(agent, run_id)["returncode"] == 3
+    assert agent.client.read_flow_run(run_id)["state"]["type"] == "RUNNING"  # nobody told
+    agent.start_worker(name="worker")
+    state = agent.wait([run_id])[run_id]
+    assert state["type"] == "CRASHED"
+    assert "exited with status code 3" in str(state.get("message"))
+    assert executions(marker) == [run_id]
