@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -283,6 +283,17 @@ class PrefectClient:
             "filter_flow_runs", "POST", "/flow_runs/filter", body
         )
         return result
+
+
+def parse_api_time(value: object) -> float | None:
+    """Seconds since the epoch of an ISO 8601 time from the API (naive = UTC), or None."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
 
 
 def _is_uuid(value: str) -> bool:

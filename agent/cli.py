@@ -102,7 +102,22 @@ def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
         cloud_logs=cloud_logs(ctx, p["no_cloud_logs"], dict(os.environ)),
         agent_config_id=p["agent_config_id"] or None,
         agent_config_refresh=p["agent_config_refresh"],
+        stranded_after=_stranded_after(os.environ.get("AGENT_STRANDED_AFTER_SECONDS")),
     )
+
+
+def _stranded_after(value: str | None) -> float:
+    """Hidden setting (tests use 0): how old a Pending/Running state must be before the
+    poller treats a run of ours with no spec as stranded."""
+    if value is None or not value.strip():
+        return defaults.STRANDED_AFTER_SECONDS
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds >= 0:  # also refuses nan
+        raise ConfigError(f"AGENT_STRANDED_AFTER_SECONDS {value!r}: expected seconds >= 0")
+    return seconds
 
 
 @local.command()

@@ -66,6 +66,9 @@ class PollerConfig:
     cloud_logs: bool = True  # agent run logs to the API, and flows' own logging to the API
     agent_config_id: str | None = None  # a Prefect Variable (name or id) with settings
     agent_config_refresh: float = defaults.AGENT_CONFIG_REFRESH
+    # A Pending/Running run of ours without a spec is acted on only once its state is
+    # this old (hidden env var AGENT_STRANDED_AFTER_SECONDS; tests set 0).
+    stranded_after: float = defaults.STRANDED_AFTER_SECONDS
 
 
 @dataclass(frozen=True)

@@ -35,3 +35,16 @@ WORKER_GROUP = "agent-worker"  # supervisor program the poller starts with itsel
 
 # How often the backend config variable (--agent-config-id) is read again.
 AGENT_CONFIG_REFRESH = 30.0
+
+# Stranded runs: Pending or Running in Prefect, labelled as claimed by this agent on this
+# host, with no spec in the spool (the spool was lost or replaced) and no live process.
+# Looked for at the first successful poll after start, then every STRANDED_CHECK seconds
+# (one POST /flow_runs/filter per STRANDED_PAGE runs of the pool in flight; 200 is the
+# server's default and largest `limit`), and again after STRANDED_RETRY when a look failed.
+# A run whose current state is younger than STRANDED_AFTER is left alone: a claim made
+# a moment ago, by a second agent of the same name on this host with a spool of its own,
+# is still on its way to that agent's workers. A lost spool is rare; a minute is cheap.
+STRANDED_CHECK_SECONDS = 300.0
+STRANDED_RETRY_SECONDS = 30.0
+STRANDED_AFTER_SECONDS = 60.0
+STRANDED_PAGE = 200

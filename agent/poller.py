@@ -19,7 +19,7 @@ from types import FrameType
 from typing import Any
 
 from agent import __version__, backend_config, defaults, metrics
-from agent.api import PrefectClient
+from agent.api import PrefectClient, parse_api_time
 from agent.backoff import next_poll_interval
 from agent.claim import Claim, interpret, is_our_pending, pending_state
 from agent.config import PollerConfig
@@ -40,12 +40,19 @@ from agent.jobvars import (
     template_defaults,
 )
 from agent.logs import run_context
+from agent.procid import runs_flow
 from agent.registry import BUSY, IDLE, Registry
 from agent.runlogs import NoRunLogs, RunLogs
 from agent.spec import JobSpec, dumps, loads
-from agent.spool import CUR, NEW, TMP, Spool, write_poller_state
+from agent.spool import CUR, NEW, RUNS, TMP, Spool, write_poller_state
 
 log = logging.getLogger(__name__)
+
+LIVE_STATE_TYPES = ("PENDING", "RUNNING")
+# Labels the poller puts on every run it claims (see `_label`).
+WORKER_LABEL = "prefect.worker.name"
+POOL_LABEL = "prefect.work-pool.name"
+HOST_LABEL = "local-agent.host"
 
 
 class Poller:
@@ -75,6 +82,7 @@ class Poller:
         self.backlog = False  # eligible runs were left because no worker was free
         self._pool_defaults: dict[str, Any] | None = None
         self._last_heartbeat = float("-inf")
+        self._next_stranded_check = float("-inf")  # monotonic; -inf: at the first tick
         self._wake = threading.Event()
         self._stop = threading.Event()
 
@@ -127,6 +135,7 @@ class Poller:
             self._heartbeat_if_due()
             self._probe_spool()
             self.reconcile_tmp()
+            self._reconcile_stranded_if_due()
             claimed = self.poll_once()
             self.last_error = None
         except (ApiError, SpoolError) as exc:
@@ -321,22 +330,7 @@ class Poller:
         """Write ahead, propose Pending, then publish (ours) or discard (not ours)."""
         run_id = flow_run["id"]
         transition_id = str(uuid.uuid4())
-        spec = JobSpec(
-            flow_run_id=run_id,
-            pool=self.config.pool,
-            transition_id=transition_id,
-            agent_name=self.config.name,
-            flow_run_name=flow_run.get("name") or "",
-            deployment_id=flow_run.get("deployment_id"),
-            scheduled_start=flow_run.get("next_scheduled_start_time")
-            or flow_run.get("expected_start_time"),
-            claimed_at=time.time(),
-            job_variables=job_variables,
-            env_vars=dict(self.config.env_vars),
-            import_paths=list(self.config.import_paths),
-            show_flow_logs=self.config.show_flow_logs,
-            cloud_logs=self.config.cloud_logs,
-        )
+        spec = self._spec(flow_run, job_variables, transition_id, time.time())
         self.spool.write_ahead(run_id, dumps(spec))
         try:
             answer = self.client.set_flow_run_state(run_id, pending_state(transition_id))
@@ -361,6 +355,32 @@ class Poller:
             log.info("flow run %s not claimed (%s): %s", run_id, result.claim.value, result.reason)
         return False
 
+    def _spec(
+        self,
+        flow_run: dict[str, Any],
+        job_variables: dict[str, Any],
+        transition_id: str,
+        claimed_at: float,
+    ) -> JobSpec:
+        """The spec of a run claimed (or, for a stranded run, claimed earlier) by this agent,
+        with the agent's settings of now."""
+        return JobSpec(
+            flow_run_id=flow_run["id"],
+            pool=self.config.pool,
+            transition_id=transition_id,
+            agent_name=self.config.name,
+            flow_run_name=flow_run.get("name") or "",
+            deployment_id=flow_run.get("deployment_id"),
+            scheduled_start=flow_run.get("next_scheduled_start_time")
+            or flow_run.get("expected_start_time"),
+            claimed_at=claimed_at,
+            job_variables=job_variables,
+            env_vars=dict(self.config.env_vars),
+            import_paths=list(self.config.import_paths),
+            show_flow_logs=self.config.show_flow_logs,
+            cloud_logs=self.config.cloud_logs,
+        )
+
     def _submitted(self, run_id: str, cloud_logs: bool) -> None:
         """The run's first line in Prefect's UI. Emitted before the spec is published, so
         that it is timestamped before anything a worker says about the run."""
@@ -372,9 +392,9 @@ class Poller:
 
     def _label(self, run_id: str) -> None:
         labels = {
-            "prefect.worker.name": self.config.name,
-            "prefect.work-pool.name": self.config.pool,
-            "local-agent.host": self.config.hostname,
+            WORKER_LABEL: self.config.name,
+            POOL_LABEL: self.config.pool,
+            HOST_LABEL: self.config.hostname,
         }
         try:
             self.client.update_flow_run_labels(run_id, labels)
@@ -410,6 +430,159 @@ class Poller:
             self._label(run_id)
         else:
             self.spool.discard(run_id)
+
+    # -- stranded runs ---------------------------------------------------------------
+
+    def _reconcile_stranded_if_due(self) -> None:
+        """At the first tick, then every STRANDED_CHECK_SECONDS. A failed look is logged
+        and retried sooner; it never stops the poll that follows (claims go on)."""
+        if time.monotonic() < self._next_stranded_check:
+            return
+        try:
+            self.reconcile_stranded()
+        except SpoolError as exc:
+            self.spool_error = str(exc)
+            self._stranded_failed(exc)
+        except ApiError as exc:
+            self._stranded_failed(exc)
+        else:
+            self._next_stranded_check = time.monotonic() + defaults.STRANDED_CHECK_SECONDS
+
+    def _stranded_failed(self, exc: Exception) -> None:
+        retry = defaults.STRANDED_RETRY_SECONDS
+        log.error("looking for stranded flow runs failed, will retry in %.0fs: %s", retry, exc)
+        self._next_stranded_check = time.monotonic() + retry
+
+    def reconcile_stranded(self) -> None:
+        """Settle runs Prefect shows Pending or Running for this agent on this host (by the
+        labels `_label` puts on each claim) that the spool has no spec for, and that no
+        process on this host runs: the spool was lost, emptied or replaced.
+
+        - Pending, never started here (no runs/<id>/): spooled again (written ahead, then
+          published) with the transition id of its Pending, so a worker runs it.
+        - Started here (runs/<id>/ exists), or Running: it may have run, in part or
+          whole, and running it again could repeat its effects. Reported Crashed with a
+          message saying why; Prefect's retry policy decides what follows.
+
+        Never touched: a run with a spec in any spool folder (its worker settles it), a
+        run labelled for another agent or host, and a run whose state is younger than
+        `stranded_after` (see defaults.STRANDED_AFTER_SECONDS).
+        """
+        now = time.time()
+        deployments: dict[str, dict[str, Any] | None] = {}
+        for flow_run in self._our_live_runs():
+            with run_context(flow_run["id"]):
+                try:
+                    self._reconcile_stranded_one(flow_run, now, deployments)
+                except NotFoundError as exc:  # deleted meanwhile: nothing left to settle
+                    log.info("flow run %s is gone: %s", flow_run["id"], exc)
+
+    def _our_live_runs(self) -> list[dict[str, Any]]:
+        """Runs of this pool in Pending or Running that carry this agent's and this
+        host's labels. The server cannot filter on labels: that part is done here."""
+        ours: list[dict[str, Any]] = []
+        offset = 0
+        while True:
+            body = {
+                "flow_runs": {"state": {"type": {"any_": list(LIVE_STATE_TYPES)}}},
+                "work_pools": {"name": {"any_": [self.config.pool]}},
+                "sort": "ID_DESC",
+                "limit": defaults.STRANDED_PAGE,
+                "offset": offset,
+            }
+            page = self.client.filter_flow_runs(body)
+            ours.extend(run for run in page if self._stranded_candidate(run))
+            # Runs changing state between pages may be skipped: the next look finds them.
+            if len(page) < defaults.STRANDED_PAGE:
+                return ours
+            offset += len(page)
+
+    def _stranded_candidate(self, flow_run: dict[str, Any]) -> bool:
+        """Labelled for this agent and host. The state and pool are checked again: a
+        server that ignored part of the filter must not get a Scheduled run (a retry
+        waiting its turn keeps our labels) or another pool's run marked Crashed."""
+        labels = flow_run.get("labels")
+        state = flow_run.get("state") or {}
+        return (
+            isinstance(labels, dict)
+            and labels.get(WORKER_LABEL) == self.config.name
+            and labels.get(HOST_LABEL) == self.config.hostname
+            and state.get("type") in LIVE_STATE_TYPES
+            and flow_run.get("work_pool_name") in (None, self.config.pool)
+        )
+
+    def _reconcile_stranded_one(
+        self,
+        flow_run: dict[str, Any],
+        now: float,
+        deployments: dict[str, dict[str, Any] | None],
+    ) -> None:
+        run_id = flow_run["id"]
+        state = flow_run.get("state") or {}
+        # Specs only move forward (tmp -> new -> cur -> done|failed) and `contains` looks
+        # in that order, so a spec moving while we look is still found.
+        if self.spool.contains(run_id) is not None:
+            return
+        since = parse_api_time(state.get("timestamp"))
+        if since is None or now - since < self.config.stranded_after:
+            return  # a claim of a moment ago (a future time: clocks disagree; wait too)
+        if runs_flow(run_id):
+            log.warning(
+                "flow run %s is %s with no spec in the spool, but a process on this host "
+                "runs it: left alone",
+                run_id,
+                state.get("type"),
+            )
+            return
+        started = (self.spool.dir(RUNS) / run_id).exists()
+        if state.get("type") == "PENDING" and not started:
+            self._respool(flow_run, since, deployments)
+        else:
+            self._crash_stranded(run_id, state.get("type"), started)
+
+    def _respool(
+        self,
+        flow_run: dict[str, Any],
+        claimed_at: float,
+        deployments: dict[str, dict[str, Any] | None],
+    ) -> None:
+        """Spool a run claimed here that never started, as `claim` would have. Not counted
+        in agent_flow_runs_claimed_total: the claim was counted when it was made."""
+        run_id = flow_run["id"]
+        job_variables = self._job_variables(flow_run, deployments)
+        if job_variables is None:
+            return  # its deployment is gone: cancelled, as a fresh claim would be
+        details = (flow_run.get("state") or {}).get("state_details") or {}
+        # Our Pending's transition id, so that a crash between the write-ahead and the
+        # publish is settled by reconcile_tmp like any claim.
+        transition_id = details.get("transition_id") or str(uuid.uuid4())
+        spec = self._spec(flow_run, job_variables, transition_id, claimed_at)
+        self.spool.write_ahead(run_id, dumps(spec))
+        self.spool.publish(run_id)
+        message = (
+            f"Claimed by agent {self.config.name!r} on {self.config.hostname} but missing "
+            "from its spool, and never started: spooled again"
+        )
+        log.warning("flow run %s (%s): %s", run_id, spec.flow_run_name, message)
+        if spec.cloud_logs:
+            self.runlogs.emit(run_id, message, logging.WARNING)
+
+    def _crash_stranded(self, run_id: str, state_type: object, started: bool) -> None:
+        message = (
+            f"Flow run {run_id} was claimed by agent {self.config.name} on "
+            f"{self.config.hostname}, which has no record of it running (spec lost); "
+            "marked Crashed instead of running it again."
+        )
+        answer = self.client.set_flow_run_state(
+            run_id, {"type": "CRASHED", "name": "Crashed", "message": message}
+        )
+        status = answer.get("status")
+        why = "its run folder exists" if started else f"it is {state_type}"
+        if status == "ACCEPT":
+            log.warning("%s (%s)", message, why)
+        else:  # ABORT: it reached a final state meanwhile
+            reason = (answer.get("details") or {}).get("reason") or ""
+            log.info("flow run %s: not marked Crashed (%s): %s", run_id, status, reason)
 
     # -- health ----------------------------------------------------------------------
 

@@ -61,3 +61,23 @@ class ProcessId:
 def identify(pid: int, proc: Path = PROC) -> ProcessId | None:
     start = start_time(pid, proc)
     return None if start is None else ProcessId(pid, start, boot_id(proc))
+
+
+def runs_flow(flow_run_id: str, proc: Path | None = None) -> bool:
+    """Whether a live process on this host runs this flow run: the engine is started
+    with PREFECT__FLOW_RUN_ID in its environment. Only this user's processes are
+    readable, and flow runs are this user's. Zombies have an empty environment."""
+    needle = f"PREFECT__FLOW_RUN_ID={flow_run_id}".encode()
+    try:
+        entries = list((proc or PROC).iterdir())
+    except OSError:
+        return False
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        try:
+            if needle in (entry / "environ").read_bytes().split(b"\0"):
+                return True
+        except OSError:
+            continue
+    return False

@@ -13,13 +13,12 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from types import FrameType
 from typing import Any
 
 from agent import metrics
 from agent.adopt import LOST_MESSAGE, Found, classify
-from agent.api import FINAL_STATE_TYPES, PrefectClient, is_final
+from agent.api import FINAL_STATE_TYPES, PrefectClient, is_final, parse_api_time
 from agent.config import WorkerConfig
 from agent.environment import build_argv, build_env
 from agent.errors import RET_OK, ApiError, JobVariableError, SpecError, SpoolError
@@ -42,15 +41,6 @@ class Outcome:
 
 def crash_message(status: ExitStatus) -> str:
     return f"Flow run infrastructure {status.describe()} without reporting a final state."
-
-
-def parse_time(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return None
 
 
 class Worker:
@@ -179,7 +169,7 @@ class Worker:
             return self._fail(run_id, message, spec)
         started = time.time()
         metrics.STARTED.inc()
-        scheduled = parse_time(spec.scheduled_start)
+        scheduled = parse_api_time(spec.scheduled_start)
         if scheduled is not None:
             metrics.START_DELAY.observe(max(0.0, started - scheduled))
         log.info("flow run %s started: pid %s, %s", run_id, handle.pid, argv[0])

@@ -42,6 +42,8 @@ class FakeClient(PrefectClient):
             return {"name": "pool", "type": "local-agent", "base_job_template": base_job_template()}
         if call == "get_scheduled_flow_runs":
             return self.runs
+        if call == "filter_flow_runs":
+            return []
         return None
 
 
