@@ -226,6 +226,7 @@ def worker(ctx: click.Context, /, **p: Any) -> None:
         flow_python=p["flow_python"] or sys.executable,
         pool=p["pool"],
         flow_log_max_bytes=p["flow_log_max_bytes"],
+        cancel_grace=p["cancel_grace_seconds"],
     )
     sys.exit(run_worker(config))
 
@@ -239,7 +240,10 @@ POLLER_PARAMS = (
     *("hostname_label", "no_cloud_logs", "agent_config_id", "agent_config_refresh"),
     *("max_polls", "agent_address"),
 )
-WORKER_PARAMS = (*SHARED_PARAMS, "pool", "flow_python", "flow_log_max_bytes")
+WORKER_PARAMS = (
+    *SHARED_PARAMS,
+    *("pool", "flow_python", "flow_log_max_bytes", "cancel_grace_seconds"),
+)
 
 
 def to_argv(ctx: click.Context, names: tuple[str, ...]) -> list[str]:

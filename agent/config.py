@@ -81,6 +81,9 @@ class WorkerConfig:
     hostname: str = field(default_factory=socket.gethostname)
     flow_log_max_bytes: int = defaults.FLOW_LOG_MAX_BYTES
     idle_sleep: float = defaults.WORKER_IDLE_SLEEP
+    # A cancelled run's process group gets SIGTERM, then SIGKILL this much later.
+    cancel_grace: float = defaults.CANCEL_GRACE_SECONDS
+    cancel_watch: float = defaults.CANCEL_WATCH_SECONDS
 
 
 def parse_api_url(value: str | None) -> str:

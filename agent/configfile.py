@@ -86,6 +86,7 @@ KEYS: dict[str, Key] = {
     "api-retry-seconds": Key("api_retry_seconds", _number, "a number of seconds"),
     "flow-python": Key("flow_python", _str, "a string (path)"),
     "flow-log-max-bytes": Key("flow_log_max_bytes", _int, "an integer"),
+    "cancel-grace-seconds": Key("cancel_grace_seconds", _number, "a number of seconds"),
 }
 SECRET_KEYS = frozenset({"key", "auth-string"})
 

@@ -33,6 +33,16 @@ WORKER_IDLE_SLEEP = 0.5
 FLOW_LOG_MAX_BYTES = 10 * 1024 * 1024  # per run; one rotated copy is kept
 WORKER_GROUP = "agent-worker"  # supervisor program the poller starts with itself
 
+# Cancellation (a run set to Cancelling in Prefect). The poller asks the server for the
+# spool's waiting and running runs in Cancelling every CANCEL_CHECK seconds (no request
+# when the spool holds none); a worker looks for the poller's request every
+# CANCEL_WATCH seconds while its flow runs, sends SIGTERM to the run's process group
+# and SIGKILL after CANCEL_GRACE (Prefect's engine reports Crashed on SIGTERM and exits
+# at once; the grace is for the flow's own clean-up and for flows that ignore SIGTERM).
+CANCEL_CHECK_SECONDS = 2.0
+CANCEL_WATCH_SECONDS = 0.5
+CANCEL_GRACE_SECONDS = 30.0
+
 # How often the backend config variable (--agent-config-id) is read again.
 AGENT_CONFIG_REFRESH = 30.0
 

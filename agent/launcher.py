@@ -9,6 +9,7 @@ interpreter with prefect imported that forks per run) would implement the same
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Protocol
 
 from agent import shim
+from agent.procid import ProcessId
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,10 @@ class RunHandle(Protocol):
     @property
     def pid(self) -> int: ...
 
-    def wait(self) -> ExitStatus: ...
+    def wait(self, timeout: float | None = None) -> ExitStatus | None:
+        """The run's exit status once its process has ended; None if ``timeout``
+        seconds passed first (no timeout: wait for the end)."""
+        ...
 
 
 class Launcher(Protocol):
@@ -66,6 +71,29 @@ def read_status(run_dir: Path) -> dict[str, object]:
     return body if isinstance(body, dict) else {}
 
 
+def signal_run(run_dir: Path, sig: signal.Signals) -> ProcessId | None:
+    """Send ``sig`` to the run's process group; returns the process it went through, or
+    None if no process recorded in ``status.json`` is still the one recorded.
+
+    The shim is the session and process-group leader and the flow its child in the same
+    group, so the group's id is the shim's pid. Each recorded identity (pid + start time
+    + boot id) is checked first, so a pid reused since is never signalled. When the shim
+    has died (a run adopted after its worker and shim died), the flow's own group is
+    signalled: the group outlives its leader.
+    """
+    status = read_status(run_dir)
+    for role in ("shim", "flow"):
+        who = ProcessId.from_json(status.get(role))
+        if who is None or not who.alive():
+            continue
+        try:
+            os.killpg(who.pid if role == "shim" else os.getpgid(who.pid), sig)
+        except ProcessLookupError:
+            continue  # ended between the check and the signal
+        return who
+    return None
+
+
 class ShimHandle:
     def __init__(self, proc: subprocess.Popen[bytes], run_dir: Path) -> None:
         self._proc, self._run_dir = proc, run_dir
@@ -75,8 +103,11 @@ class ShimHandle:
         """The shim's pid, which is also the run's process group and session id."""
         return self._proc.pid
 
-    def wait(self) -> ExitStatus:
-        shim_code = self._proc.wait()
+    def wait(self, timeout: float | None = None) -> ExitStatus | None:
+        try:
+            shim_code = self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
         status = read_status(self._run_dir)
         code = status.get("returncode")
         if isinstance(code, int):

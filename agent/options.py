@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from agent import configfile, logs
+from agent import configfile, defaults, logs
 from agent.config import (
     parse_agent_address,
     parse_env_pairs,
@@ -328,6 +328,16 @@ def worker_options(func: F) -> F:
                 envvar="AGENT_FLOW_LOG_MAX_BYTES",
                 show_envvar=True,
                 help="Bound of each run's output log in the spool (one rotated copy is kept).",
+            ),
+            click.option(
+                "--cancel-grace-seconds",
+                type=click.FloatRange(min=0),
+                default=defaults.CANCEL_GRACE_SECONDS,
+                show_default=True,
+                envvar="AGENT_CANCEL_GRACE_SECONDS",
+                show_envvar=True,
+                help="A run cancelled in Prefect gets SIGTERM (its whole process group), "
+                "then SIGKILL after this many seconds if it is still running.",
             ),
         ],
     )

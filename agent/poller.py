@@ -83,6 +83,7 @@ class Poller:
         self._pool_defaults: dict[str, Any] | None = None
         self._last_heartbeat = float("-inf")
         self._next_stranded_check = float("-inf")  # monotonic; -inf: at the first tick
+        self._next_cancel_check = float("-inf")  # monotonic
         self._wake = threading.Event()
         self._stop = threading.Event()
 
@@ -136,6 +137,7 @@ class Poller:
             self._probe_spool()
             self.reconcile_tmp()
             self._reconcile_stranded_if_due()
+            self.check_cancellations_if_due()
             claimed = self.poll_once()
             self.last_error = None
         except (ApiError, SpoolError) as exc:
@@ -221,6 +223,7 @@ class Poller:
             if self._wake.wait(min(remaining, defaults.LOCAL_CHECK_SECONDS)):
                 self._wake.clear()
                 return
+            self.check_cancellations_if_due()  # noticed within seconds, however idle
             if self.backlog and self.free_slots() > 0:
                 return
 
@@ -583,6 +586,92 @@ class Poller:
         else:  # ABORT: it reached a final state meanwhile
             reason = (answer.get("details") or {}).get("reason") or ""
             log.info("flow run %s: not marked Crashed (%s): %s", run_id, status, reason)
+
+    # -- cancellation ----------------------------------------------------------------
+
+    def check_cancellations_if_due(self) -> None:
+        """Every CANCEL_CHECK_SECONDS, from the loop's tick and from its sleep. A failed
+        look is logged and retried at the next check; it never stops a poll."""
+        if time.monotonic() < self._next_cancel_check:
+            return
+        self._next_cancel_check = time.monotonic() + defaults.CANCEL_CHECK_SECONDS
+        try:
+            self.check_cancellations()
+        except (ApiError, SpoolError) as exc:
+            log.error("looking for cancelled flow runs failed, will retry: %s", exc)
+
+    def check_cancellations(self) -> None:
+        """Act on runs set to Cancelling in Prefect whose spec this spool holds: a waiting
+        one is moved to done/ and marked Cancelled here; for a running one the worker
+        that runs it is asked (runs/<id>/cancel) to stop its processes, and reports.
+
+        The server is asked only about the runs in new/ and cur/, by id: a run is ours
+        when this spool holds its spec (labels may be missing when labelling failed), and
+        with an empty spool nothing is asked at all. A run the spool does not hold is
+        someone else's to stop: ignored.
+        """
+        waiting, running = self.spool.run_ids(NEW), self.spool.run_ids(CUR)
+        ids = [*waiting, *running]
+        for start in range(0, len(ids), defaults.STRANDED_PAGE):
+            for flow_run in self._cancelling(ids[start : start + defaults.STRANDED_PAGE]):
+                with run_context(flow_run["id"]):
+                    self._cancel_one(flow_run["id"])
+
+    def _cancelling(self, ids: list[str]) -> list[dict[str, Any]]:
+        body = {
+            "flow_runs": {
+                "id": {"any_": ids},
+                "state": {"type": {"any_": ["CANCELLING"]}},
+            },
+            "work_pools": {"name": {"any_": [self.config.pool]}},
+            "limit": len(ids),
+        }
+        # Its own call name: its latency metric and its fakes apart from the stranded look.
+        page = self.client.request("cancelling_flow_runs", "POST", "/flow_runs/filter", body)
+        wanted = set(ids)
+        # Checked again: a server ignoring part of the filter must not cancel a live run.
+        return [
+            run
+            for run in page or []
+            if isinstance(run, dict)
+            and run.get("id") in wanted
+            and (run.get("state") or {}).get("type") == "CANCELLING"
+        ]
+
+    def _cancel_one(self, run_id: str) -> None:
+        # Waiting first: a spec moves new -> cur, so one taken meanwhile is found in cur/.
+        reason = f"Cancelled by agent {self.config.name} before it started"
+        try:
+            spec = loads(self.spool.read(NEW, run_id))
+        except (OSError, SpecError):
+            spec = None
+        if spec is not None and self.spool.cancel_waiting(run_id, reason):
+            self._report_cancelled_waiting(run_id, reason, spec.cloud_logs)
+            return
+        try:
+            spec = loads(self.spool.read(CUR, run_id))
+        except (OSError, SpecError):
+            return  # finished meanwhile, or refused: its worker settles it
+        reason = f"Cancelling in Prefect: agent {self.config.name} asked its worker to stop it"
+        if self.spool.request_cancel(run_id, spec.transition_id, reason):
+            log.info("flow run %s is cancelling: asked its worker to stop it", run_id)
+
+    def _report_cancelled_waiting(self, run_id: str, reason: str, cloud_logs: bool) -> None:
+        metrics.FINISHED.labels("cancelled").inc()
+        log.info("flow run %s: %s", run_id, reason)
+        if cloud_logs:
+            self.runlogs.emit(run_id, reason)
+        state = {"type": "CANCELLED", "name": "Cancelled", "message": reason}
+        try:
+            answer = self.client.set_flow_run_state(run_id, state, force=True)
+        except ApiError as exc:
+            # The spec is retired already; the server cancels runs left in Cancelling.
+            log.error(
+                "flow run %s: removed from the spool, but not marked Cancelled: %s", run_id, exc
+            )
+            return
+        if answer.get("status") != "ACCEPT":
+            log.warning("flow run %s: Cancelled not accepted: %s", run_id, answer.get("details"))
 
     # -- health ----------------------------------------------------------------------
 

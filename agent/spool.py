@@ -5,11 +5,13 @@
     cur/   taken by a worker, leased by flock       (while its process runs)
     done/  finished; ``<id>.outcome`` says how
     failed/ refused: unreadable spec or another pool; ``<id>.reason`` says why
-    runs/<id>/ the run's output log and exit status (not a state folder)
+    runs/<id>/ the run's output log and exit status (not a state folder); ``cancel``
+               there asks the worker running it to stop it (see `request_cancel`)
 
 This module is the only code that moves spec files. Legal moves:
 tmp->new (publish), tmp->gone (discard), new->cur (take), cur->cur (adopt: a new
-lease on an orphaned run), cur->done (finish), new|cur->failed (refuse). Everything
+lease on an orphaned run), cur->done (finish), new->done (cancel_waiting: cancelled
+before any worker took it), new|cur->failed (refuse). Everything
 lives on one filesystem, so every move is an atomic rename or link (never
 shutil.move, which silently copies across filesystems).
 """
@@ -31,6 +33,7 @@ log = logging.getLogger(__name__)
 TMP, NEW, CUR, DONE, FAILED, RUNS = "tmp", "new", "cur", "done", "failed", "runs"
 STATE_DIRS = (TMP, NEW, CUR, DONE, FAILED)
 SUFFIX = ".json"
+CANCEL_FILE = "cancel"  # in runs/<id>/: the poller asks the run's worker to stop it
 
 
 def _fsync_dir(path: Path) -> None:
@@ -252,8 +255,67 @@ class Spool:
 
     def finish(self, lease: Lease, outcome: str) -> None:
         """cur -> done, with ``<id>.outcome`` beside it; releases the lease."""
-        note = json.dumps({"outcome": outcome, "at": time.time()}).encode()
-        self._retire(lease, DONE, ".outcome", note)
+        self._retire(lease, DONE, ".outcome", _outcome_note(outcome))
+
+    # -- cancellation ----------------------------------------------------------------
+
+    def cancel_waiting(self, run_id: str, reason: str) -> bool:
+        """new -> done with the outcome "cancelled", unless a worker takes it first.
+
+        Same discipline as `take`: flock the spec, then rename it. A worker holds the
+        flock from before its rename until its run ends, so holding it here means no
+        worker is taking the spec; the inode check catches one taken and finished
+        between our open and our flock. Of this and racing workers exactly one wins.
+        True if the spec was moved here; False if it was not waiting (any more).
+        """
+        src = self._path(NEW, run_id)
+        try:
+            fd = os.open(src, os.O_RDONLY)
+        except FileNotFoundError:
+            return False
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino != os.stat(src).st_ino:
+                    return False  # taken (and finished) meanwhile; a new copy is not ours
+            except (BlockingIOError, FileNotFoundError):
+                return False  # a worker has it
+            lease = Lease(run_id, src, fd, b"")
+            fd = -1  # the lease closes it
+            self._retire(lease, DONE, ".outcome", _outcome_note("cancelled", reason))
+            return True
+        except OSError as exc:
+            raise SpoolError(f"cannot cancel waiting flow run {run_id}: {exc}") from exc
+        finally:
+            if fd >= 0:
+                os.close(fd)
+
+    def request_cancel(self, run_id: str, claim: str, reason: str) -> bool:
+        """Ask the worker running ``run_id`` to stop it: create ``runs/<id>/cancel``,
+        naming the claim (the spec's transition id) it is for, so that a request left
+        behind cannot stop a later claim of the same run (a retry). Idempotent: True only
+        when this call created the request."""
+        path = self.run_dir(run_id) / CANCEL_FILE
+        note = json.dumps({"claim": claim, "reason": reason, "at": time.time()}).encode()
+        try:
+            try:
+                write_file_durably(path, note)
+                _fsync_dir(path.parent)
+            except FileExistsError:
+                if self.cancel_requested(run_id, claim):
+                    return False
+                replace_file_durably(path, note)  # left from an earlier claim of this run
+        except OSError as exc:
+            raise SpoolError(f"cannot request cancellation of flow run {run_id}: {exc}") from exc
+        return True
+
+    def cancel_requested(self, run_id: str, claim: str) -> bool:
+        """Whether the poller asked for this claim of ``run_id`` to be stopped."""
+        try:
+            body = json.loads((self.dir(RUNS) / run_id / CANCEL_FILE).read_bytes())
+        except (OSError, ValueError):
+            return False
+        return isinstance(body, dict) and body.get("claim") == claim
 
     def refuse(self, lease: Lease, reason: str) -> None:
         """cur -> failed, with ``<id>.reason`` beside it; releases the lease."""
@@ -263,6 +325,8 @@ class Spool:
         """Write the note first, so a spec in done/ or failed/ always has one."""
         dst = self._path(state, lease.run_id)
         try:
+            # A cancel request ends with its run (claims are told apart anyway).
+            (self.dir(RUNS) / lease.run_id / CANCEL_FILE).unlink(missing_ok=True)
             replace_file_durably(self.dir(state) / f"{lease.run_id}{note_suffix}", note)
             os.rename(lease.path, dst)
             _fsync_dir(dst.parent)
@@ -279,6 +343,13 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot create run folder {path}: {exc}") from exc
         return path
+
+
+def _outcome_note(outcome: str, reason: str | None = None) -> bytes:
+    body: dict[str, object] = {"outcome": outcome, "at": time.time()}
+    if reason:
+        body["reason"] = reason
+    return json.dumps(body).encode()
 
 
 POLLER_LOCK = "poller.lock"

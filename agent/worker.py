@@ -3,6 +3,11 @@
 Loop: take the oldest spec (lease) -> check it -> start the flow through the launcher
 -> wait -> settle: the engine reports Completed/Failed itself; if the run is not
 final when its process ends, report Crashed -> move the spec to done/.
+
+Cancellation: while it waits, the worker looks for the poller's request
+(``runs/<id>/cancel``, written when Prefect shows the run Cancelling). It then sends
+SIGTERM to the run's process group, SIGKILL after ``cancel_grace`` seconds, and reports
+Cancelled (forced: Prefect's engine answers SIGTERM by reporting Crashed itself).
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -23,7 +29,7 @@ from agent.config import WorkerConfig
 from agent.environment import build_argv, build_env
 from agent.errors import RET_OK, ApiError, JobVariableError, SpecError, SpoolError
 from agent.jobvars import validate_job_variables
-from agent.launcher import ExitStatus, Launcher, read_status
+from agent.launcher import ExitStatus, Launcher, RunHandle, read_status, signal_run
 from agent.logs import run_context
 from agent.registry import BUSY, IDLE, Registry
 from agent.runlogs import NoRunLogs, RunLogs
@@ -37,6 +43,21 @@ log = logging.getLogger(__name__)
 class Outcome:
     name: str  # completed | failed | crashed | cancelled
     message: str = ""
+
+
+@dataclass
+class Stopping:
+    """A cancelled run's processes being stopped: when each signal went out."""
+
+    term_at: float | None = None  # monotonic
+    killed_after: float | None = None  # seconds from SIGTERM to SIGKILL
+
+    def describe(self) -> str:
+        if self.term_at is None:
+            return "no signal was needed"
+        if self.killed_after is None:
+            return "SIGTERM"
+        return f"SIGTERM, then SIGKILL after {self.killed_after:.0f} s"
 
 
 def crash_message(status: ExitStatus) -> str:
@@ -160,6 +181,10 @@ class Worker:
             logs_to_api=spec.cloud_logs,
         )
         argv = build_argv(job.command, self.config.flow_python)
+        if self.spool.cancel_requested(run_id, spec.transition_id):
+            message = f"Cancelled by agent worker {self.config.worker_id} before it started"
+            self._run_log(spec, message)
+            return self._settle_cancelled(run_id, message)
         prefix = f"[{spec.flow_run_name or run_id}] " if spec.show_flow_logs else None
         try:
             run_dir = self.spool.run_dir(run_id)
@@ -179,13 +204,62 @@ class Worker:
             f"PID {handle.pid}",
         )
         self._report_pid(run_id, handle.pid)
-        status = handle.wait()
+        status, stopping = self._wait(handle, spec, run_dir)
         duration = time.time() - started
         metrics.RUN_DURATION.observe(duration)
         log.info("flow run %s process %s", run_id, status.describe())
-        level = logging.INFO if status.returncode == 0 else logging.WARNING
+        level = logging.INFO if status.returncode == 0 or stopping else logging.WARNING
         self._run_log(spec, f"Process {status.describe()} after {duration:.1f}s", level)
-        return self._settle(run_id, status)
+        return self._settle(run_id, spec, status, stopping)
+
+    def _wait(
+        self, handle: RunHandle, spec: JobSpec, run_dir: Path
+    ) -> tuple[ExitStatus, Stopping | None]:
+        """Wait for the run's process, stopping it if the run is cancelled meanwhile."""
+        stopping: Stopping | None = None
+        while True:
+            status = handle.wait(timeout=self.config.cancel_watch)
+            if status is not None:
+                return status, stopping
+            stopping = self._cancel_step(spec, run_dir, stopping)
+
+    def _cancel_step(
+        self, spec: JobSpec, run_dir: Path, stopping: Stopping | None
+    ) -> Stopping | None:
+        """One look while a flow runs: notice a cancel request, send SIGTERM, and SIGKILL
+        once the grace period has passed (again while the process lingers)."""
+        run_id = spec.flow_run_id
+        if stopping is None:
+            if not self.spool.cancel_requested(run_id, spec.transition_id):
+                return None
+            stopping = Stopping()
+        now = time.monotonic()
+        if stopping.term_at is None:
+            if self._signal(run_id, run_dir, signal.SIGTERM):
+                stopping.term_at = now
+                grace = self.config.cancel_grace
+                log.info("flow run %s cancelled: SIGTERM sent, SIGKILL in %.0fs", run_id, grace)
+                self._run_log(
+                    spec,
+                    f"Cancelling: worker {self.config.worker_id} sent SIGTERM to the flow run's "
+                    f"processes; SIGKILL follows in {grace:.0f} s if they are still running",
+                )
+        elif now - stopping.term_at >= self.config.cancel_grace:
+            killed = self._signal(run_id, run_dir, signal.SIGKILL)
+            if killed and stopping.killed_after is None:
+                stopping.killed_after = now - stopping.term_at
+                log.warning("flow run %s: still running after SIGTERM; SIGKILL sent", run_id)
+        return stopping
+
+    def _signal(self, run_id: str, run_dir: Path, sig: signal.Signals) -> bool:
+        try:
+            who = signal_run(run_dir, sig)
+        except OSError as exc:
+            log.error("flow run %s: cannot send %s: %s", run_id, sig.name, exc)
+            return False
+        if who is None:
+            log.debug("flow run %s: no live process to send %s to yet", run_id, sig.name)
+        return who is not None
 
     def _adopt(self, lease: Lease, spec: JobSpec) -> Outcome | None:
         """A run whose worker died: finish what it started, never start it twice."""
@@ -202,12 +276,16 @@ class Worker:
                 f"Worker {self.config.worker_id} on {self.config.hostname} took over watching "
                 f"the flow run's process (PID {orphan.flow.pid}) after its worker died",
             )
+        stopping: Stopping | None = None
+        if orphan.flow is not None:
+            run_dir = self.spool.dir(RUNS) / run_id
             while orphan.flow.alive():
-                if self._stop.wait(1.0):
+                if self._stop.wait(self.config.cancel_watch):
                     log.info("stopping: flow run %s is left to the next worker", run_id)
                     return None
+                stopping = self._cancel_step(spec, run_dir, stopping)
         self._run_log(spec, f"Process {status.describe()} (seen after its worker died)")
-        return self._settle(run_id, status)
+        return self._settle(run_id, spec, status, stopping)
 
     def _final_state(self, run_id: str) -> str | None:
         try:
@@ -229,19 +307,51 @@ class Worker:
         except ApiError as exc:
             log.warning("flow run %s: could not record infrastructure pid: %s", run_id, exc)
 
-    def _settle(self, run_id: str, status: ExitStatus) -> Outcome:
-        """The engine reports Completed/Failed itself; if it did not, report Crashed."""
+    def _settle(
+        self, run_id: str, spec: JobSpec, status: ExitStatus, stopping: Stopping | None = None
+    ) -> Outcome:
+        """The engine reports Completed/Failed itself; if it did not, report Crashed.
+        A run being cancelled is reported Cancelled (see `_settle_cancelled`)."""
         try:
             flow_run = self.client.read_flow_run(run_id)
         except ApiError as exc:
             log.error("flow run %s: cannot read its state: %s", run_id, exc)
             flow_run = {}
+        state_type = (flow_run.get("state") or {}).get("type")
+        if stopping is not None and stopping.term_at is not None:
+            message = (
+                f"Cancelled: the flow run's process was stopped by agent worker "
+                f"{self.config.worker_id} ({stopping.describe()})"
+            )
+            return self._settle_cancelled(run_id, message, state_type)
+        if (
+            stopping is not None
+            or state_type == "CANCELLING"
+            or self.spool.cancel_requested(run_id, spec.transition_id)
+        ):
+            # Ended on its own while being cancelled (e.g. the engine, refused Running).
+            message = f"Cancelled: the flow run's process {status.describe()} while cancelling"
+            return self._settle_cancelled(run_id, message, state_type)
         if is_final(flow_run):
             return Outcome(str(flow_run["state"]["type"]).lower())
         message = crash_message(status)
         state = {"type": "CRASHED", "name": "Crashed", "message": message}
         final = self._propose(run_id, state)
         return Outcome(final or "crashed", message)
+
+    def _settle_cancelled(self, run_id: str, message: str, state_type: object = None) -> Outcome:
+        """Cancelled, unless the run is Cancelled already. Forced: on SIGTERM Prefect's
+        engine forces Crashed ("aborted by a termination signal"), and the server takes
+        nothing but Cancelled from Cancelling unforced."""
+        if state_type == "CANCELLED":
+            return Outcome("cancelled")
+        if state_type in ("COMPLETED", "FAILED"):
+            # It finished its work before the cancellation reached it: that is the truth.
+            return Outcome(str(state_type).lower())
+        log.info("flow run %s: %s", run_id, message)
+        state = {"type": "CANCELLED", "name": "Cancelled", "message": message}
+        self._propose(run_id, state, force=True)
+        return Outcome("cancelled", message)
 
     def _fail(self, run_id: str, message: str, spec: JobSpec) -> Outcome:
         log.error("%s", message)
@@ -252,13 +362,13 @@ class Worker:
     def _report_failed(self, run_id: str, message: str) -> str | None:
         return self._propose(run_id, {"type": "FAILED", "name": "Failed", "message": message})
 
-    def _propose(self, run_id: str, state: dict[str, Any]) -> str | None:
+    def _propose(self, run_id: str, state: dict[str, Any], force: bool = False) -> str | None:
         """Propose a final state; returns the run's final state type (lower case) or None.
 
         ABORT means the run is final already (the engine got there first): keep that.
         """
         try:
-            answer = self.client.set_flow_run_state(run_id, state)
+            answer = self.client.set_flow_run_state(run_id, state, force)
         except ApiError as exc:
             log.error("flow run %s: could not report %s: %s", run_id, state["type"], exc)
             return None

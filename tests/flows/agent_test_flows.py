@@ -55,3 +55,14 @@ def slow_record(marker: str, pause: float, code: int = 0) -> None:
     if code:
         sys.stdout.flush()
         os._exit(code)
+
+
+@flow
+def stubborn(marker: str, pause: float) -> None:
+    """Ignore SIGTERM, sleep, then record (as ``slow_record``): only SIGKILL stops it early."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(pause)
+    with open(marker, "a") as f:
+        f.write(os.environ["PREFECT__FLOW_RUN_ID"] + "\n")
