@@ -54,6 +54,11 @@ WORKER_LABEL = "prefect.worker.name"
 POOL_LABEL = "prefect.work-pool.name"
 HOST_LABEL = "local-agent.host"
 
+# Fault-injection seam, for tests/integration/test_faults.py only: with
+# AGENT_TEST_CRASH_AFTER_CLAIM=1 in its environment the poller exits (70) right after the
+# server accepts a claim and before the spec is published: the crash reconcile_tmp settles.
+_CRASH_AFTER_CLAIM = os.environ.get("AGENT_TEST_CRASH_AFTER_CLAIM") == "1"
+
 
 class Poller:
     def __init__(
@@ -96,6 +101,18 @@ class Poller:
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         log.info("%s: no new claims; exiting", signal.Signals(signum).name)
         self.stop()
+        # The loop notices at once unless an API call is in flight (up to its read
+        # timeout, or retrying). Leaving mid-call is safe: every claim is written ahead
+        # and settled by the next poller's reconcile. So: exit 0 within a second, always.
+        timer = threading.Timer(defaults.POLLER_EXIT_DEADLINE, self._exit_now)
+        timer.daemon = True
+        timer.start()
+
+    @staticmethod
+    def _exit_now() -> None:
+        log.warning("an API call is still in flight; exiting without waiting for it")
+        logging.shutdown()
+        os._exit(RET_OK)
 
     def stop(self) -> None:
         self._stop.set()
@@ -344,6 +361,8 @@ class Poller:
             raise
         result = interpret(answer, transition_id)
         if result.claim is Claim.ACCEPTED:
+            if _CRASH_AFTER_CLAIM:
+                os._exit(70)  # the fault-injection seam above
             self._submitted(run_id, spec.cloud_logs)
             self.spool.publish(run_id)
             metrics.CLAIMED.inc()
