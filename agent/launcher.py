@@ -8,7 +8,6 @@ interpreter with prefect imported that forks per run) would implement the same
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,10 +15,11 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from agent import shim
 from agent.procid import ProcessId
+from agent.spool import read_json_object
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,9 @@ class Launcher(Protocol):
     ) -> RunHandle: ...
 
 
-def read_status(run_dir: Path) -> dict[str, object]:
-    try:
-        body = json.loads((run_dir / shim.STATUS_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return body if isinstance(body, dict) else {}
+def read_status(run_dir: Path) -> dict[str, Any]:
+    """The shim's status.json; empty if there is none (yet) or it cannot be read."""
+    return read_json_object(run_dir / shim.STATUS_FILE) or {}
 
 
 def signal_run(run_dir: Path, sig: signal.Signals) -> ProcessId | None:

@@ -8,16 +8,14 @@ workers to know how many runs it may claim.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from agent.errors import SpoolError
-from agent.spool import hold_lock, is_locked, replace_file_durably
+from agent.spool import hold_lock, is_locked, read_json_object, replace_file_durably
 
 IDLE, BUSY, DEAD = "idle", "busy", "dead"
 
@@ -78,10 +76,8 @@ class Registry:
     def _inspect(self, worker_id: str) -> WorkerInfo:
         if not is_locked(self.dir / f"{worker_id}.lock"):
             return WorkerInfo(worker_id, DEAD)
-        body: dict[str, Any] = {}
         # Unreadable while starting up or mid-replace: count as busy, the safe side.
-        with contextlib.suppress(OSError, ValueError):
-            body = json.loads((self.dir / f"{worker_id}.json").read_bytes())
+        body = read_json_object(self.dir / f"{worker_id}.json") or {}
         state = str(body["state"]) if body.get("state") in (IDLE, BUSY) else BUSY
         return WorkerInfo(
             worker_id, state, body.get("pid"), body.get("flow_run_id"), body.get("since")

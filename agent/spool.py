@@ -25,6 +25,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.errors import SpoolError
 
@@ -311,11 +312,8 @@ class Spool:
 
     def cancel_requested(self, run_id: str, claim: str) -> bool:
         """Whether the poller asked for this claim of ``run_id`` to be stopped."""
-        try:
-            body = json.loads((self.dir(RUNS) / run_id / CANCEL_FILE).read_bytes())
-        except (OSError, ValueError):
-            return False
-        return isinstance(body, dict) and body.get("claim") == claim
+        body = read_json_object(self.dir(RUNS) / run_id / CANCEL_FILE)
+        return body is not None and body.get("claim") == claim
 
     def refuse(self, lease: Lease, reason: str) -> None:
         """cur -> failed, with ``<id>.reason`` beside it; releases the lease."""
@@ -413,10 +411,16 @@ def write_poller_state(root: Path, state: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
-def read_poller_state(root: Path) -> dict[str, object] | None:
-    """The poller's last state file, or None if missing or unreadable."""
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from one of the agent's small state files, or None if it is missing,
+    half-written or not an object: readers never fail on another process's file."""
     try:
-        body = json.loads((root / POLLER_STATE).read_bytes())
+        body = json.loads(path.read_bytes())
     except (OSError, ValueError):
         return None
     return body if isinstance(body, dict) else None
+
+
+def read_poller_state(root: Path) -> dict[str, Any] | None:
+    """The poller's last state file, or None if missing or unreadable."""
+    return read_json_object(root / POLLER_STATE)

@@ -32,6 +32,7 @@ from agent.spool import (
     Spool,
     is_locked,
     poller_alive,
+    read_json_object,
     read_poller_state,
 )
 
@@ -50,15 +51,6 @@ EXIT_DEGRADED = 3
 
 
 # -- reading -------------------------------------------------------------------------
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    """A JSON object from ``path``, or None if missing, half-written or not an object."""
-    try:
-        body = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _num(body: dict[str, Any], key: str) -> float | None:
@@ -183,7 +175,7 @@ def _workers(root: Path) -> list[dict[str, Any]]:
         if info.state == DEAD:
             # The registry says only "dead"; its last state file says which run it had,
             # which is what an operator needs. No pid: it may be reused by now.
-            last = _read_json(root / "workers" / f"{info.worker_id}.json") or {}
+            last = read_json_object(root / "workers" / f"{info.worker_id}.json") or {}
             if last.get("state") == "busy":
                 row["flow_run_id"] = _str(last, "flow_run_id")
             row["since"] = _num(last, "since")
@@ -223,7 +215,7 @@ def _running(spool: Spool, workers: list[dict[str, Any]]) -> list[dict[str, Any]
         watched = is_locked(path)
         if not watched and not path.exists():
             continue  # finished between listing and probing, not orphaned
-        status = _read_json(spool.dir(RUNS) / run_id / STATUS_FILE) or {}
+        status = read_json_object(spool.dir(RUNS) / run_id / STATUS_FILE) or {}
         worker = owner.get(run_id)
         since = _num(status, "started")
         if since is None and worker is not None:
@@ -264,7 +256,7 @@ def _finished(spool: Spool, now: float) -> dict[str, int]:
             if state == FAILED:
                 outcome, at = "refused", mtime
             else:
-                note = _read_json(Path(entry.path)) or {}
+                note = read_json_object(Path(entry.path)) or {}
                 outcome = str(note.get("outcome"))
                 outcome = outcome if outcome in _DONE_OUTCOMES else "unknown"
                 at = _num(note, "at") or mtime

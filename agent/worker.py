@@ -270,14 +270,13 @@ class Worker:
             final = self._final_state(run_id)
             return Outcome(final) if final else self._run(lease, spec)
         status = orphan.status or ExitStatus(None, LOST_MESSAGE)
+        stopping: Stopping | None = None
         if orphan.flow is not None:
             self._run_log(
                 spec,
                 f"Worker {self.config.worker_id} on {self.config.hostname} took over watching "
                 f"the flow run's process (PID {orphan.flow.pid}) after its worker died",
             )
-        stopping: Stopping | None = None
-        if orphan.flow is not None:
             run_dir = self.spool.dir(RUNS) / run_id
             while orphan.flow.alive():
                 if self._stop.wait(self.config.cancel_watch):
