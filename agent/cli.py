@@ -28,9 +28,10 @@ from agent.options import (
     auth_string,
     cloud_logs,
     common_options,
-    load_config_file,
+    config_option,
     poller_options,
     source,
+    spool_option,
     worker_options,
 )
 
@@ -365,24 +366,8 @@ def install(ctx: click.Context, /, **p: Any) -> None:
 
 
 @cli.command()
-@click.option(
-    "--config",
-    "config_file",
-    envvar="AGENT_CONFIG",
-    show_envvar=True,
-    is_eager=True,
-    type=click.Path(dir_okay=False),
-    callback=load_config_file,
-    help="TOML settings file; only its `spool` is used here.",
-)
-@click.option(
-    "--spool",
-    envvar="AGENT_SPOOL_DIR",
-    show_envvar=True,
-    required=True,
-    type=click.Path(file_okay=False, path_type=Path),
-    help="Spool directory of the agent to look at.",
-)
+@config_option("TOML settings file; only its `spool` is used here.")
+@spool_option("Spool directory of the agent to look at.")
 @click.option(
     "--json",
     "as_json",

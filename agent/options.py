@@ -110,22 +110,39 @@ def _apply(func: F, options: list[Callable[[F], F]]) -> F:
 # -- option groups -----------------------------------------------------------------------
 
 
+def config_option(help: str) -> Callable[[F], F]:
+    """--config: eager, so the file's values are click's defaults for every other option."""
+    return click.option(
+        "--config",
+        "config_file",
+        envvar="AGENT_CONFIG",
+        show_envvar=True,
+        is_eager=True,
+        type=click.Path(dir_okay=False),
+        callback=load_config_file,
+        help=help,
+    )
+
+
+def spool_option(help: str) -> Callable[[F], F]:
+    return click.option(
+        "--spool",
+        envvar="AGENT_SPOOL_DIR",
+        show_envvar=True,
+        required=True,
+        type=click.Path(file_okay=False, path_type=Path),
+        help=help,
+    )
+
+
 def common_options(func: F) -> F:
     """Options of every command that talks to the API and the spool."""
     return _apply(
         func,
         [
-            click.option(
-                "--config",
-                "config_file",
-                envvar="AGENT_CONFIG",
-                show_envvar=True,
-                is_eager=True,
-                expose_value=True,
-                type=click.Path(dir_okay=False),
-                callback=load_config_file,
-                help="TOML file of settings (keys are the long option names, e.g. "
-                'pool = "p", labels = ["a"], key = "..."); flags and env vars win over it.',
+            config_option(
+                "TOML file of settings (keys are the long option names, e.g. "
+                'pool = "p", labels = ["a"], key = "..."); flags and env vars win over it.'
             ),
             click.option(
                 "-a",
@@ -143,14 +160,7 @@ def common_options(func: F) -> F:
                 "config file: a flag's value shows in `ps`. For a self-hosted server "
                 f"with auth set {AUTH_STRING_ENV}=user:pass (or auth-string in the file).",
             ),
-            click.option(
-                "--spool",
-                envvar="AGENT_SPOOL_DIR",
-                show_envvar=True,
-                required=True,
-                type=click.Path(file_okay=False, path_type=Path),
-                help="Spool directory shared by the poller and its workers.",
-            ),
+            spool_option("Spool directory shared by the poller and its workers."),
             click.option(
                 "--api-retry-seconds",
                 type=click.FloatRange(min=0),
