@@ -9,11 +9,12 @@ server's reason.
 from __future__ import annotations
 
 import base64
+import contextlib
 import email.utils
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote
@@ -111,6 +112,28 @@ class PrefectClient:
         self.session.headers.update(auth_header(settings))
         self.session.headers["X-PREFECT-API-VERSION"] = "0.8.4"
         self._sleep = sleep
+        self._single_attempt = False
+
+    @contextlib.contextmanager
+    def single_attempt(self, enabled: bool = True) -> Iterator[None]:
+        """Calls inside make one attempt each: during an outage the caller's own loop
+        does the backoff, and notices the API's return by `reachable`."""
+        previous, self._single_attempt = self._single_attempt, enabled
+        try:
+            yield
+        finally:
+            self._single_attempt = previous
+
+    def reachable(self) -> bool:
+        """One cheap ``GET /health``, short timeouts, no retries, never raises."""
+        try:
+            response = self.session.get(
+                f"{self.settings.url}/health",
+                timeout=(defaults.API_PROBE_TIMEOUT, defaults.API_PROBE_TIMEOUT),
+            )
+        except requests.RequestException:
+            return False
+        return response.status_code == 200
 
     # -- transport -----------------------------------------------------------------
 
@@ -124,6 +147,8 @@ class PrefectClient:
     ) -> Any:
         """One API call with retries of transient failures; returns the decoded body."""
         limit = self.settings.retry_deadline if deadline is None else deadline
+        if self._single_attempt:
+            limit = 0.0
         retrying = Retrying(
             stop=stop_after_delay(limit),
             wait=_RetryWait(limit),
@@ -238,8 +263,9 @@ class PrefectClient:
         )
         return result
 
-    def read_flow_run(self, flow_run_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("read_flow_run", "GET", f"/flow_runs/{flow_run_id}")
+    def read_flow_run(self, flow_run_id: str, deadline: float | None = None) -> dict[str, Any]:
+        path = f"/flow_runs/{flow_run_id}"
+        result: dict[str, Any] = self.request("read_flow_run", "GET", path, deadline=deadline)
         return result
 
     def set_flow_run_state(

@@ -23,6 +23,7 @@ from agent.config import (
     default_worker_id,
     parse_api_url,
 )
+from agent.crashloop import Policy
 from agent.errors import RET_CONFIG, ConfigError, SpoolError
 from agent.options import (
     auth_string,
@@ -220,7 +221,7 @@ def worker(ctx: click.Context, /, **p: Any) -> None:
     config = WorkerConfig(
         # Reporting an outcome keeps retrying longer than a poll: losing it strands a run.
         api=api_settings(
-            ctx, p["api"], p["key"], _or(p["api_retry_seconds"], 5 * defaults.API_RETRY_DEADLINE)
+            ctx, p["api"], p["key"], _or(p["api_retry_seconds"], defaults.API_RETRY_DEADLINE)
         ),
         spool_dir=p["spool"],
         worker_id=p["worker_id"] or default_worker_id(os.environ),
@@ -228,8 +229,25 @@ def worker(ctx: click.Context, /, **p: Any) -> None:
         pool=p["pool"],
         flow_log_max_bytes=p["flow_log_max_bytes"],
         cancel_grace=p["cancel_grace_seconds"],
+        crash_loop=Policy(
+            threshold=_crash_loop_threshold(os.environ.get("AGENT_CRASH_LOOP_THRESHOLD"))
+        ),
     )
     sys.exit(run_worker(config))
+
+
+def _crash_loop_threshold(value: str | None) -> int:
+    """Hidden setting (tests lower it): unexpected exits of a worker id within the
+    crash-loop window from which its next process waits before taking runs."""
+    if value is None or not value.strip():
+        return defaults.CRASH_LOOP_THRESHOLD
+    try:
+        count = int(value)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ConfigError(f"AGENT_CRASH_LOOP_THRESHOLD {value!r}: expected a whole number >= 1")
+    return count
 
 
 # Settings `install` bakes into each program's command line when they were given to it

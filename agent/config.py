@@ -17,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent import defaults
+from agent.crashloop import Policy
 from agent.errors import ConfigError
 
 
@@ -84,6 +85,9 @@ class WorkerConfig:
     # A cancelled run's process group gets SIGTERM, then SIGKILL this much later.
     cancel_grace: float = defaults.CANCEL_GRACE_SECONDS
     cancel_watch: float = defaults.CANCEL_WATCH_SECONDS
+    # When a worker restarted after unexpected exits waits before taking runs (its
+    # threshold: hidden env var AGENT_CRASH_LOOP_THRESHOLD; tests lower it).
+    crash_loop: Policy = field(default_factory=Policy)
 
 
 def parse_api_url(value: str | None) -> str:

@@ -15,7 +15,10 @@ API_CONNECT_TIMEOUT = 5.0
 API_READ_TIMEOUT = 30.0
 API_RETRY_DEADLINE = 20.0
 API_RETRY_INITIAL_WAIT = 0.5
-API_RETRY_MAX_WAIT = 8.0
+# The wait between retries is capped low so that a call retrying through an outage
+# notices the API's return within 2 s (1.5 s + up to 0.5 s of jitter); the deadline bounds
+# the number of calls (about 15), after which the caller's loop takes over.
+API_RETRY_MAX_WAIT = 1.5
 API_RETRY_AFTER_CAP = 60.0  # a server's Retry-After is honoured up to this
 
 # Poller: short interval while work flows, doubling to a cap while idle (Prefect 1
@@ -31,7 +34,9 @@ LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks for freed worker
 # Worker.
 WORKER_IDLE_SLEEP = 0.5
 FLOW_LOG_MAX_BYTES = 10 * 1024 * 1024  # per run; one rotated copy is kept
-WORKER_GROUP = "agent-worker"  # supervisor program the poller starts with itself
+WORKER_GROUP = "agent-worker"
+# A worker whose spool write fails (a full disk) waits this long before trying again.
+SPOOL_RETRY_SECONDS = 5.0  # supervisor program the poller starts with itself
 
 # Cancellation (a run set to Cancelling in Prefect). The poller asks the server for the
 # spool's waiting and running runs in Cancelling every CANCEL_CHECK seconds (no request
@@ -62,3 +67,36 @@ STRANDED_PAGE = 200
 # A stopping poller exits within this long even if an API call is in flight
 # (supervisor's stopwaitsecs for it is 10 s; the issue asks for one second).
 POLLER_EXIT_DEADLINE = 0.8
+
+# API outage. After a poll whose calls failed through their whole retry deadline, the
+# poller makes one attempt per call (its loop backs off, doubling to POLL_INTERVAL_MAX,
+# with jitter) and between them probes GET /health every API_PROBE_SECONDS (one cheap
+# request, refused at once while the server is down), polling again as soon as a probe
+# succeeds. A worker with a run to start probes the same way, so nothing is launched
+# into an API the flow's engine cannot reach.
+API_PROBE_SECONDS = 1.0
+API_PROBE_TIMEOUT = 2.0
+
+# Flow runs get PREFECT_CLIENT_MAX_RETRIES=8 unless it is set (Prefect's default is 5):
+# the engine then keeps retrying a state report through about 8 minutes of outage
+# (2 s, 4 s, ... 256 s) instead of 1, so a flow that finishes while the API is away
+# still reports its own Completed.
+FLOW_CLIENT_MAX_RETRIES = "8"
+
+# Crash loops. Supervisor restarts a worker that dies after its startsecs (3 s) at once
+# and for ever: its own backoff and FATAL apply only to deaths within startsecs. A worker
+# whose previous process with the same id exited unexpectedly (killed, or an error out
+# of its loop; never a stop by SIGTERM) while CRASH_LOOP_THRESHOLD or more such exits
+# fall within CRASH_LOOP_WINDOW waits before it takes runs: CRASH_LOOP_FIRST_DELAY at
+# the threshold, doubling with each further exit, at most CRASH_LOOP_MAX_DELAY. 5 in 10
+# minutes is far above an OOM kill or an operator's kill -9 now and then (those restart
+# at once, as before), and low enough that a worker dying on every run cannot burn
+# through the queue's runs (each adopted and crashed) or the CPU. The cap keeps a worker
+# whose cause has gone away from sitting idle long; alive while it waits, it holds no
+# run and counts as no free slot, and `supervisorctl restart` (a clean stop) ends it.
+CRASH_LOOP_WINDOW_SECONDS = 600.0
+CRASH_LOOP_THRESHOLD = 5
+CRASH_LOOP_FIRST_DELAY = 10.0
+CRASH_LOOP_MAX_DELAY = 300.0
+# Exit times kept per worker id (workers/<id>.exits), newest last: bounds the file.
+CRASH_LOOP_HISTORY_MAX = 100

@@ -5,11 +5,16 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+from agent import defaults
+
 # Never passed from the worker's own environment to a flow run: supervisor's and
 # prometheus_client's plumbing, the agent's own settings (which may hold its token),
 # and credentials, which are set explicitly from the agent's configuration.
 _DROP_PREFIXES = ("SUPERVISOR_", "PREFECT__CLOUD__AGENT__")
 _DROP_KEYS = frozenset({"PROMETHEUS_MULTIPROC_DIR", "PREFECT_API_KEY", "PREFECT_API_AUTH_STRING"})
+
+# Settings a flow run gets unless anything below sets them (see defaults.py for why).
+FLOW_DEFAULTS = {"PREFECT_CLIENT_MAX_RETRIES": defaults.FLOW_CLIENT_MAX_RETRIES}
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -42,6 +47,7 @@ def build_env(
 ) -> dict[str, str]:
     """Later steps override earlier ones:
 
+    0. the agent's defaults for flow runs (FLOW_DEFAULTS);
     1. the worker's environment, less supervisor/metrics plumbing and credentials;
     2. PYTHONPATH = working dir, inherited PYTHONPATH, import paths;
     3. the agent's --env values;
@@ -49,7 +55,7 @@ def build_env(
     5. logging to the API off when the agent runs with --no-cloud-logs;
     6. what nothing may override: the API URL, the credential, the flow run id.
     """
-    env = inherited_env(environ)
+    env = {**FLOW_DEFAULTS, **inherited_env(environ)}
     env["PYTHONPATH"] = python_path(working_dir, environ.get("PYTHONPATH"), import_paths)
     env.update(agent_env)
     env.update(run_env)

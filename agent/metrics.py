@@ -77,6 +77,16 @@ RUN_LOGS_DROPPED = Counter(
     "Agent log lines for flow runs given up on, by reason",
     ["reason"],  # queue_full | rejected | invalid | shutdown
 )
+OUTBOX_KEPT = Counter(
+    "agent_outbox_kept_total",
+    "Reports the API could not take, kept in the spool's outbox, by kind",
+    ["kind"],  # state | pid | logs
+)
+OUTBOX_DELIVERED = Counter(
+    "agent_outbox_delivered_total",
+    "Outbox reports delivered (or found needless) once the API answered, by kind",
+    ["kind"],
+)
 INFO = Gauge(
     "agent_info",
     "Constant 1, labelled with the agent's version, name and pool",
@@ -84,18 +94,28 @@ INFO = Gauge(
     # Live: only the running poller's labels, not a dead or renamed one's.
     multiprocess_mode="livemax",
 )
+WORKER_CRASHES = Counter(
+    "agent_worker_crashes_total",
+    "Unexpected exits of worker processes (killed, or died of an error; never a stop by "
+    "SIGTERM), counted when the next process with the worker's id starts",
+    # The worker id: supervisor's process name (agent-worker_NN), one per process slot.
+    # Every worker exports its own at 0 from its start, so increase() sees the first exit.
+    ["worker"],
+)
 
 
 class ScrapeTimeCollector(Collector):
-    """Values read from disk at scrape time: spool depth and worker states."""
+    """Values read from disk at scrape time: spool depth, worker states, outbox size."""
 
     def __init__(
         self,
         spool_depth: Callable[[], dict[str, int]],
         worker_states: Callable[[], dict[str, int]],
+        outbox_size: Callable[[], int] = lambda: 0,
     ) -> None:
         self._spool_depth = spool_depth
         self._worker_states = worker_states
+        self._outbox_size = outbox_size
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
         spool = GaugeMetricFamily(
@@ -106,7 +126,11 @@ class ScrapeTimeCollector(Collector):
         workers = GaugeMetricFamily("agent_workers", "Worker processes by state", labels=["state"])
         for state, count in sorted(self._worker_states().items()):
             workers.add_metric([state], count)
-        return [spool, workers]
+        outbox = GaugeMetricFamily(
+            "agent_outbox_reports", "Reports waiting in the outbox for the API to come back"
+        )
+        outbox.add_metric([], self._outbox_size())
+        return [spool, workers, outbox]
 
 
 def multiprocess_dir() -> str | None:

@@ -166,9 +166,9 @@ def common_options(func: F) -> F:
                 type=click.FloatRange(min=0),
                 envvar="AGENT_API_RETRY_SECONDS",
                 show_envvar=True,
-                help="How long one API call retries transient failures before giving up. "
-                "Default: 20 for the poller (its loop retries anyway), 100 for workers "
-                "(an unreported outcome strands a run).",
+                help="How long one API call retries transient failures before giving up "
+                "(default 20). The poller's loop then keeps retrying; a report that "
+                "still fails waits in the spool's outbox until the API takes it.",
             ),
             click.option(
                 "--log-level",

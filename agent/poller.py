@@ -3,12 +3,20 @@ can take, and hands each claimed run to the workers through the spool.
 
 It holds no run in memory that is not also on disk: a spec is written ahead to tmp/
 before the claim and published to new/ after it.
+
+API outage: once a round's calls have failed through their retry deadline, the poller
+makes one attempt per call, backs off (doubling, with jitter, up to the poll interval's
+cap) and probes ``GET /health`` every second meanwhile, so polling resumes within about
+two seconds of the API's return (or at once on /api/poke). Claims stop meanwhile;
+reports the workers and the poller could not send wait in the spool's outbox and go
+first when the API answers again (agent/outbox.py).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import random
 import signal
 import threading
 import time
@@ -31,6 +39,7 @@ from agent.errors import (
     NotFoundError,
     SpecError,
     SpoolError,
+    TransientApiError,
 )
 from agent.jobvars import (
     base_job_template,
@@ -40,6 +49,7 @@ from agent.jobvars import (
     template_defaults,
 )
 from agent.logs import run_context
+from agent.outbox import Outbox, state_report, worth_keeping
 from agent.procid import runs_flow
 from agent.registry import BUSY, IDLE, Registry
 from agent.runlogs import NoRunLogs, RunLogs
@@ -76,6 +86,7 @@ class Poller:
         self.spool = spool
         self.registry = registry
         self.runlogs: RunLogs = runlogs or NoRunLogs()
+        self.outbox = Outbox(spool.root)
         self._backend: backend_config.BackendSettings | None = None
         self._next_backend_read = 0.0
         self.polls = 0
@@ -83,12 +94,16 @@ class Poller:
         self.last_success: float | None = None
         self.last_error: str | None = None
         self.spool_error: str | None = None
+        # Set when a round failed for want of the API (unreachable, timing out, 5xx).
+        self.api_down_since: float | None = None
+        self._probe_failed = False  # the last /health probe of the outage failed
         self.interval = config.poll_interval_min
         self.backlog = False  # eligible runs were left because no worker was free
         self._pool_defaults: dict[str, Any] | None = None
         self._last_heartbeat = float("-inf")
         self._next_stranded_check = float("-inf")  # monotonic; -inf: at the first tick
         self._next_cancel_check = float("-inf")  # monotonic
+        self._next_probe = float("-inf")  # monotonic
         self._wake = threading.Event()
         self._stop = threading.Event()
 
@@ -143,30 +158,66 @@ class Poller:
         return RET_OK
 
     def tick(self) -> int:
-        """One round: pool set-up if needed, heartbeat, reconcile, poll and claim."""
+        """One round: pool set-up if needed, heartbeat, outbox, reconcile, poll and claim."""
         claimed = 0
+        failed = False
         try:
-            if self.config.agent_config_id and time.monotonic() >= self._next_backend_read:
-                self.refresh_backend_config()
-            if self._pool_defaults is None:
-                self._setup_pool()
-            self._heartbeat_if_due()
-            self._probe_spool()
-            self.reconcile_tmp()
-            self._reconcile_stranded_if_due()
-            self.check_cancellations_if_due()
-            claimed = self.poll_once()
+            with self.client.single_attempt(self.api_down_since is not None):
+                if self.config.agent_config_id and time.monotonic() >= self._next_backend_read:
+                    self.refresh_backend_config()
+                if self._pool_defaults is None:
+                    self._setup_pool()
+                self._heartbeat_if_due()
+                self._probe_spool()
+                self._deliver_outbox()
+                self.reconcile_tmp()
+                self._reconcile_stranded_if_due()
+                self.check_cancellations_if_due()
+                claimed = self.poll_once()
             self.last_error = None
+            self._api_back()
         except (ApiError, SpoolError) as exc:
+            failed = True
             metrics.POLL_ERRORS.inc()
             self.last_error = str(exc)
-            log.error("poll failed, will retry in %.1fs: %s", self.interval, exc)
+            if isinstance(exc, ApiError) and _outage(exc):
+                self._api_away(exc)
+            else:
+                log.error("poll failed, will retry in %.1fs: %s", self.interval, exc)
         self.polls += 1
         self.interval = next_poll_interval(
             self.interval, claimed > 0, self.config.poll_interval_min, self.config.poll_interval_max
         )
+        if failed and self.api_down_since is not None:
+            # Agents of many hosts waiting out one outage must not retry in step.
+            self.interval *= random.uniform(0.8, 1.2)
         self._write_state()
         return claimed
+
+    def _api_away(self, exc: ApiError) -> None:
+        if self.api_down_since is None:
+            self.api_down_since = time.time()
+            self._probe_failed = False
+            log.error(
+                "the Prefect API is unavailable: claiming nothing, probing it every %.0fs: %s",
+                defaults.API_PROBE_SECONDS,
+                exc,
+            )
+        else:
+            log.debug("the Prefect API is still unavailable: %s", exc)
+
+    def _api_back(self) -> None:
+        if self.api_down_since is not None:
+            log.info(
+                "the Prefect API answers again after %.0fs; polling",
+                time.time() - self.api_down_since,
+            )
+            self.api_down_since = None
+
+    def _deliver_outbox(self) -> None:
+        """Reports kept while the API was away go before any new claim."""
+        if self.outbox.count():
+            self.outbox.deliver(self.client)
 
     def _probe_spool(self) -> None:
         error = self.spool.probe()
@@ -189,6 +240,8 @@ class Poller:
             "started": self.started_at,
             "last_successful_poll": self.last_success,
             "last_error": self.last_error,
+            "api_unavailable_since": self.api_down_since,
+            "outbox_reports": self.outbox.count(),
             "updated": time.time(),
         }
         try:
@@ -240,9 +293,28 @@ class Poller:
             if self._wake.wait(min(remaining, defaults.LOCAL_CHECK_SECONDS)):
                 self._wake.clear()
                 return
+            if self.api_down_since is not None:
+                if self._api_returned():
+                    return
+                continue  # nothing else can reach the API now
             self.check_cancellations_if_due()  # noticed within seconds, however idle
             if self.backlog and self.free_slots() > 0:
                 return
+
+    def _api_returned(self) -> bool:
+        """During an outage: probe GET /health every API_PROBE_SECONDS; True when a probe
+        succeeds after one failed (a server answering /health while failing other calls
+        is retried at the loop's backoff instead)."""
+        now = time.monotonic()
+        if now < self._next_probe:
+            return False
+        self._next_probe = now + defaults.API_PROBE_SECONDS
+        if not self.client.reachable():
+            self._probe_failed = True
+            return False
+        # Once per return: if the round that follows fails again, back off as before.
+        returned, self._probe_failed = self._probe_failed, False
+        return returned
 
     def _setup_pool(self) -> None:
         pool = self.client.ensure_work_pool(
@@ -684,10 +756,15 @@ class Poller:
         try:
             answer = self.client.set_flow_run_state(run_id, state, force=True)
         except ApiError as exc:
-            # The spec is retired already; the server cancels runs left in Cancelling.
+            # The spec is retired already: the report waits in the outbox.
             log.error(
                 "flow run %s: removed from the spool, but not marked Cancelled: %s", run_id, exc
             )
+            if worth_keeping(exc):
+                try:
+                    self.outbox.put(state_report(run_id, state, True, "poller"))
+                except SpoolError as spool_exc:
+                    log.error("the Cancelled report is lost: %s", spool_exc)
             return
         if answer.get("status") != "ACCEPT":
             log.warning("flow run %s: Cancelled not accepted: %s", run_id, answer.get("details"))
@@ -710,14 +787,34 @@ class Poller:
                 poll_reason += f": {self.last_error}"
         workers = self.registry.counts()
         live = workers[IDLE] + workers["busy"]
+        # Crash-looping workers are alive but wait before taking runs: name each.
+        looping = self.registry.crash_looping()
         workers_reason = None
-        if not live:
+        if looping:
+            workers_reason = "; ".join(w.describe_backoff(now) for w in looping)
+        elif not live:
             workers_reason = f"no live worker process ({workers['dead']} dead)"
+        backoff = [{"worker_id": w.worker_id, "exits": w.exits, "until": w.until} for w in looping]
         spool_error = self.spool_error or (
             None if self.spool.writable() else "not writable (read-only or permissions)"
         )
         spool_reason = None if spool_error is None else f"spool {self.spool.root}: {spool_error}"
+        api_reason = None
+        waiting = self.outbox.count()
+        if self.api_down_since is not None:
+            api_reason = (
+                f"the Prefect API has been unavailable for {now - self.api_down_since:.0f}s, "
+                f"claiming nothing: {self.last_error}"
+            )
+            if waiting:
+                api_reason += f"; {waiting} reports wait in the outbox"
         checks: dict[str, Any] = {
+            "api": {
+                "ok": api_reason is None,
+                "reason": api_reason,
+                "unavailable_since": self.api_down_since,
+                "outbox_reports": waiting,
+            },
             "poll": {
                 "ok": poll_ok,
                 "reason": poll_reason,
@@ -727,7 +824,12 @@ class Poller:
                 "max_age_seconds": max_age,
                 "last_error": self.last_error,
             },
-            "workers": {"ok": live > 0, "reason": workers_reason, **workers},
+            "workers": {
+                "ok": live > 0 and not looping,
+                "reason": workers_reason,
+                **workers,
+                **({"crash_looping": backoff} if backoff else {}),
+            },
             "spool": {
                 "ok": spool_error is None,
                 "reason": spool_reason,
@@ -736,3 +838,8 @@ class Poller:
             },
         }
         return all(c["ok"] for c in checks.values()), checks
+
+
+def _outage(exc: ApiError) -> bool:
+    """The API is away or failing (as opposed to refusing us: auth, 4xx)."""
+    return isinstance(exc, TransientApiError) or exc.status is None or exc.status >= 500

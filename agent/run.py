@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from agent import backend_config, metrics
 from agent.api import PrefectClient
@@ -11,6 +12,7 @@ from agent.config import ApiSettings, PollerConfig, WorkerConfig
 from agent.errors import ApiError, ConfigError
 from agent.httpd import AgentHTTPServer
 from agent.launcher import ShimLauncher
+from agent.outbox import Outbox, logs_report
 from agent.poller import Poller
 from agent.registry import Registry
 from agent.runlogs import NoRunLogs, RunLogs, ship_to
@@ -36,11 +38,16 @@ def resolve_backend_config(config: PollerConfig) -> tuple[PollerConfig, set[str]
     return backend_config.apply(config, settings), backend_config.defined(settings)
 
 
-def _runlogs(settings: ApiSettings, wanted: bool) -> RunLogs:
+def _runlogs(settings: ApiSettings, wanted: bool, spool: Spool, source: str) -> RunLogs:
     if not wanted:
         return NoRunLogs()
+    outbox = Outbox(spool.root)
+
+    def spill(lines: list[dict[str, Any]]) -> None:
+        outbox.put(logs_report(lines, source))
+
     # A client of its own: requests sessions are not meant to be shared across threads.
-    return ship_to(PrefectClient(settings), RUN_LOGGER)  # started
+    return ship_to(PrefectClient(settings), RUN_LOGGER, spill=spill)  # started
 
 
 def run_poller(config: PollerConfig) -> int:
@@ -52,12 +59,12 @@ def run_poller(config: PollerConfig) -> int:
     registry = Registry(spool.root)
     client = PrefectClient(config.api)
     # The backend config has no cloud-logs key, so whether to ship is known now.
-    runlogs = _runlogs(config.api, config.cloud_logs)
+    runlogs = _runlogs(config.api, config.cloud_logs, spool, "poller")
     poller = Poller(config, client, spool, registry, runlogs)
     poller.install_signal_handlers()
     server = None
     if config.address:
-        scrape = metrics.ScrapeTimeCollector(spool.depth, registry.counts)
+        scrape = metrics.ScrapeTimeCollector(spool.depth, registry.counts, poller.outbox.count)
         try:
             server = AgentHTTPServer(
                 config.address, poller.health, poller.poke, lambda: metrics.render(scrape)
@@ -84,7 +91,7 @@ def run_worker(config: WorkerConfig) -> int:
     spool = Spool(config.spool_dir)
     client = PrefectClient(config.api)
     # Whether a run's lines are sent is the spec's choice (the poller's --no-cloud-logs).
-    runlogs = _runlogs(config.api, True)
+    runlogs = _runlogs(config.api, True, spool, f"worker {config.worker_id}")
     worker = Worker(
         config,
         client,

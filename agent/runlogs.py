@@ -3,7 +3,9 @@
 Shipping never blocks or fails a run: ``emit`` only appends to a bounded queue; one
 daemon thread sends batches, keeps a batch through transient API failures with capped
 exponential backoff, and drops (counted in ``agent_run_logs_dropped_total``) the oldest
-lines when the queue is full, and any batch the API rejects outright.
+lines when the queue is full, and any batch the API rejects outright. Lines still
+unsent when the process stops go to ``spill`` (the spool's outbox, which the poller
+delivers once the API answers) when one is given, else they are dropped too.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class RunLogShipper:
         flush_interval: float = 1.0,
         max_backoff: float = 30.0,
         clock: Callable[[], float] = time.time,
+        spill: Callable[[list[Entry]], None] | None = None,
     ) -> None:
         if max_pending < 1 or batch_size < 1:
             raise ValueError("max_pending and batch_size must be at least 1")
@@ -84,6 +87,7 @@ class RunLogShipper:
         self._flush_interval = flush_interval
         self._max_backoff = max_backoff
         self._clock = clock
+        self._spill = spill
         self._pending: deque[Entry] = deque()
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -200,15 +204,27 @@ class RunLogShipper:
                     break
                 self._cond.wait(left)
             if self._closing and (not self._pending or time.monotonic() >= self._close_by):
-                left_over = len(self._pending)
+                left_over = list(self._pending)
                 self._pending.clear()
             else:
                 count = min(self._batch_size, len(self._pending))
                 return [self._pending.popleft() for _ in range(count)]
-        _drop(left_over, "shutdown")
-        if left_over:
-            log.warning("%d run log lines not sent before shutdown", left_over)
+        self._unsent(left_over, "not sent before shutdown")
         return None
+
+    def _unsent(self, lines: list[Entry], why: str) -> None:
+        """Lines a stopping process could not send: kept by ``spill``, else dropped."""
+        if not lines:
+            return
+        if self._spill is not None:
+            try:
+                self._spill(lines)
+                log.info("%d run log lines %s: kept in the outbox", len(lines), why)
+                return
+            except Exception as exc:  # a full disk: nothing more can be done
+                log.warning("cannot keep %d run log lines: %s", len(lines), exc)
+        _drop(len(lines), "shutdown")
+        log.warning("%d run log lines %s", len(lines), why)
 
     def _requeue(self, batch: list[Entry], exc: Exception) -> bool:
         """Put a batch back in front to retry it; False when closing (no time to retry)."""
@@ -216,9 +232,11 @@ class RunLogShipper:
         first_drop = False
         with self._cond:
             closing = self._closing
+            unsent: list[Entry] = []
             if closing:
-                lost = len(batch) + len(self._pending)
+                unsent = [*batch, *self._pending]
                 self._pending.clear()
+                lost = 0
             else:
                 self._pending.extendleft(reversed(batch))
                 # Lines that arrived meanwhile may overflow: the oldest go, as in emit.
@@ -230,8 +248,7 @@ class RunLogShipper:
             first_retry = not self._retrying
             self._retrying = True
         if closing:
-            _drop(lost, "shutdown")
-            log.warning("%d run log lines not sent before shutdown: %s", lost, _kind(exc))
+            self._unsent(unsent, f"not sent before shutdown ({_kind(exc)})")
             return False
         _drop(lost, "queue_full")
         if first_retry:

@@ -7,6 +7,7 @@
     failed/ refused: unreadable spec or another pool; ``<id>.reason`` says why
     runs/<id>/ the run's output log and exit status (not a state folder); ``cancel``
                there asks the worker running it to stop it (see `request_cancel`)
+    outbox/ reports the API could not take yet (agent/outbox.py; not specs)
 
 This module is the only code that moves spec files. Legal moves:
 tmp->new (publish), tmp->gone (discard), new->cur (take), cur->cur (adopt: a new
@@ -18,6 +19,7 @@ shutil.move, which silently copies across filesystems).
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -55,7 +57,10 @@ def write_file_durably(path: Path, data: bytes) -> None:
             view = view[written:]
         os.fsync(fd)
     except BaseException:
-        os.close(fd)
+        # A partial file must go even if close fails too (some filesystems report a
+        # full disk at close).
+        with contextlib.suppress(OSError):
+            os.close(fd)
         path.unlink(missing_ok=True)
         raise
     os.close(fd)
@@ -66,7 +71,12 @@ def replace_file_durably(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     write_file_durably(tmp, data)
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        # The temp name carries our pid: no other process would ever remove it.
+        tmp.unlink(missing_ok=True)
+        raise
     _fsync_dir(path.parent)
 
 
@@ -171,6 +181,9 @@ class Spool:
             write_file_durably(path, data)
             _fsync_dir(path.parent)
         except OSError as exc:
+            # Not durable, so no claim is made with it: leave nothing for reconcile.
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
             raise SpoolError(f"cannot write spec for flow run {run_id}: {exc}") from exc
 
     def publish(self, run_id: str) -> None:
@@ -182,12 +195,17 @@ class Spool:
             log.warning("flow run %s was already waiting in the spool; kept one copy", run_id)
         except OSError as exc:
             raise SpoolError(f"cannot publish spec for flow run {run_id}: {exc}") from exc
+        # The spec is visible in new/ already: a failure from here on is logged, not
+        # raised. The tmp copy goes whatever the syncs say: once a worker has taken the
+        # spec from new/, reconcile would publish a copy left here a second time.
         try:
             _fsync_dir(dst.parent)
+        except OSError as exc:
+            log.warning("flow run %s published, but new/ could not be synced: %s", run_id, exc)
+        try:
             src.unlink()
             _fsync_dir(src.parent)
         except OSError as exc:
-            # The spec is visible in new/ already; a stale tmp copy is dropped on reconcile.
             log.warning("flow run %s published, but tmp cleanup failed: %s", run_id, exc)
 
     def discard(self, run_id: str) -> None:
@@ -405,9 +423,14 @@ def write_poller_state(root: Path, state: dict[str, object]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        os.write(fd, json.dumps(state, sort_keys=True).encode())
-    finally:
+        view = memoryview(json.dumps(state, sort_keys=True).encode())
+        while view:  # a nearly full disk can take part of a write
+            view = view[os.write(fd, view) :]
+    except BaseException:
         os.close(fd)
+        tmp.unlink(missing_ok=True)  # never a truncated copy in place of the last good one
+        raise
+    os.close(fd)
     os.replace(tmp, path)
 
 

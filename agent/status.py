@@ -17,8 +17,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from agent import defaults
+from agent.crashloop import window_text
 from agent.errors import SpecError, SpoolError
-from agent.registry import DEAD, Registry
+from agent.registry import BACKOFF, DEAD, Registry
 from agent.shim import STATUS_FILE
 from agent.spec import loads
 from agent.spool import (
@@ -38,6 +40,7 @@ from agent.spool import (
 
 SCHEMA = 1
 WINDOW = 3600.0  # "finished in the last hour"
+CRASH_WINDOW = defaults.CRASH_LOOP_WINDOW_SECONDS  # a worker's "recent" unexpected exits
 OUTCOMES = ("completed", "failed", "crashed", "cancelled", "refused", "unknown")
 _DONE_OUTCOMES = OUTCOMES[:4]
 # A note's mtime is never earlier than its "at" (written just after), so notes older
@@ -161,9 +164,10 @@ def _poller(root: Path, now: float) -> dict[str, Any]:
     }
 
 
-def _workers(root: Path) -> list[dict[str, Any]]:
+def _workers(root: Path, now: float) -> list[dict[str, Any]]:
     result = []
-    for info in Registry(root).workers():
+    registry = Registry(root)
+    for info in registry.workers():
         row: dict[str, Any] = {
             "worker_id": info.worker_id,
             "alive": info.state != DEAD,
@@ -171,6 +175,9 @@ def _workers(root: Path) -> list[dict[str, Any]]:
             "pid": info.pid if isinstance(info.pid, int) else None,
             "flow_run_id": info.flow_run_id if isinstance(info.flow_run_id, str) else None,
             "since": info.since if isinstance(info.since, int | float) else None,
+            # Recorded when the next process with the id starts: a dead one is not in yet.
+            "recent_exits": len(registry.recent_exits(info.worker_id, now)),
+            "backoff_until": info.until if info.state == BACKOFF else None,
         }
         if info.state == DEAD:
             # The registry says only "dead"; its last state file says which run it had,
@@ -271,7 +278,7 @@ def collect(spool_root: Path, now: float | None = None) -> dict[str, Any]:
     root = Path(spool_root)
     _check_spool(root)
     spool = Spool(root)
-    workers = _workers(root)
+    workers = _workers(root, now)
     return {
         "schema": SCHEMA,
         "spool": os.path.abspath(root),
@@ -295,11 +302,21 @@ def problems(snapshot: dict[str, Any]) -> list[str]:
     if not snapshot["poller"]["alive"]:
         found.append("poller not running")
     found += [f"worker {w['worker_id']} dead" for w in snapshot["workers"] if not w["alive"]]
+    now, window = snapshot["generated_at"], window_text(CRASH_WINDOW)
+    for w in snapshot["workers"]:
+        if w["state"] == BACKOFF:
+            until = w["backoff_until"]
+            wait = "" if until is None else f", takes runs again in {age(until - now)}"
+            found.append(
+                f"worker {w['worker_id']} crash-looping "
+                f"({w['recent_exits']} unexpected exits in {window}{wait})"
+            )
     return found
 
 
 def exit_code(snapshot: dict[str, Any]) -> int:
-    """0 when the poller and every registered worker live, else EXIT_DEGRADED (3)."""
+    """0 when the poller and every registered worker live and none is crash-looping, else
+    EXIT_DEGRADED (3)."""
     return EXIT_DEGRADED if problems(snapshot) else EXIT_OK
 
 
@@ -387,7 +404,9 @@ def render_table(snapshot: dict[str, Any]) -> str:
     lines = _header(snapshot)
 
     workers = snapshot["workers"]
-    by_state = {s: sum(w["state"] == s for w in workers) for s in ("busy", "idle", "dead")}
+    by_state = {s: sum(w["state"] == s for w in workers) for s in ("busy", "idle", BACKOFF, "dead")}
+    if not by_state[BACKOFF]:
+        del by_state[BACKOFF]  # shown only when some worker is in backoff
     lines += [
         "",
         f"WORKERS ({len(workers)}: " + ", ".join(f"{n} {s}" for s, n in by_state.items()) + ")",
@@ -400,10 +419,11 @@ def render_table(snapshot: dict[str, Any]) -> str:
                 _cell(w["pid"]),
                 _cell(w["flow_run_id"]),
                 _ago(now, w["since"]),
+                str(w["recent_exits"]),
             ]
             for w in workers
         ]
-        lines += _table(["WORKER", "STATE", "PID", "FLOW RUN", "SINCE"], rows)
+        lines += _table(["WORKER", "STATE", "PID", "FLOW RUN", "SINCE", "EXITS"], rows)
 
     running = snapshot["runs"]["running"]
     lines += ["", f"RUNNING ({len(running)})"]

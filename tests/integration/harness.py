@@ -162,6 +162,52 @@ class Supervisor:
             wait_for(lambda: not Path(f"/proc/{pid}").exists(), 30, "supervisord to exit")
 
 
+def mounted(path: Path) -> bool:
+    return any(
+        line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines()
+    )
+
+
+def remount(path: Path, mode: str) -> None:
+    """``mount -o remount,ro|rw``; retried, as a probe write in flight makes it busy."""
+    deadline = time.monotonic() + 10
+    while True:
+        result = subprocess.run(
+            ["mount", "-o", f"remount,{mode}", str(path)], capture_output=True, text=True
+        )
+        if result.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"mount -o remount,{mode} {path}: {result.stderr}")
+        time.sleep(0.1)
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of ``size`` (mount's syntax: 16m, 1m) at ``path`` (created), unmounted on
+    the way out, pass or fail (lazily if still busy). Skips the test without root or
+    where tmpfs cannot be mounted. Enter it before starting processes that use it, so
+    that they are gone by the time it is unmounted."""
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("a filesystem of the test's own needs root (mount -t tmpfs)")
+    path.mkdir()
+    result = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(path)], check=True)
+        assert not mounted(path)
+
+
 class PrefectServer:
     """A real Prefect 3.8.8 server on a loopback port with its own PREFECT_HOME, that a
     test can stop and start again on the same port and home (the SQLite database is in

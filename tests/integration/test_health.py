@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import requests
 
 from agent.spool import STATE_DIRS
 from tests.integration.conftest import Agent, executions
-from tests.integration.harness import PrefectServer, free_port, wait_for
+from tests.integration.harness import PrefectServer, free_port, remount, tmpfs, wait_for
 
 Body = dict[str, Any]
 
@@ -99,7 +98,7 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
     assert body == {
         "healthy": True,
         "reasons": {},
-        "checks": {"poll": True, "workers": True, "spool": True},
+        "checks": {"api": True, "poll": True, "workers": True, "spool": True},
     }
 
     result = sup.ctl("stop", "agent-worker:*")
@@ -109,7 +108,7 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
     assert status["agent-worker:agent-worker_00"] == "STOPPED", status
 
     body = wait_health(address, 503, 15, "503 with no worker alive")
-    assert body["checks"] == {"poll": True, "workers": False, "spool": True}
+    assert body["checks"] == {"api": True, "poll": True, "workers": False, "spool": True}
     assert list(body["reasons"]) == ["workers"]
     # Stopped cleanly, the workers left no entries: none is live, none is dead.
     assert body["reasons"]["workers"] == "no live worker process (0 dead)"
@@ -119,6 +118,7 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
         "reason": "no live worker process (0 dead)",
         "idle": 0,
         "busy": 0,
+        "backoff": 0,
         "dead": 0,
     }
 
@@ -225,19 +225,23 @@ def test_health_503_while_the_api_is_down_then_200(agent: Agent, own_server: Pre
     # The limit is max(3 x 10 s, 30 s) since the last success; the last success was at
     # most one 10 s interval before the stop, so no 503 before about 20 s.
     assert 15 < down_for < 45, down_for
-    assert list(body["reasons"]) == ["poll"]
+    # The api check names the outage as soon as a round's calls have retried in vain.
+    assert list(body["reasons"]) == ["api", "poll"]
+    assert re.fullmatch(
+        rf"the Prefect API has been unavailable for \d+s, claiming nothing: .*cannot reach {url}",
+        body["reasons"]["api"],
+    )
     reason = body["reasons"]["poll"]
     assert re.fullmatch(rf"no successful poll for \d+s \(limit 30s\): .*cannot reach {url}", reason)
-    assert body["checks"] == {"poll": False, "workers": True, "spool": True}
+    assert body["checks"] == {"api": False, "poll": False, "workers": True, "spool": True}
     # It kept answering, and fast, all the while the API was down.
     assert max(latencies) < 1.0, max(latencies)
     assert len(latencies) > 20
 
-    # Back on the same port, with the same database: 200 within 15 s (the poller
-    # retries at most 10 s apart; the poke cuts a sleeping poller's wait short).
+    # Back on the same port, with the same database: 200 within seconds, with no poke
+    # (the poller probes the API every second while it is away).
     own_server.start()
     back = time.monotonic()
-    poke(address)
     body = wait_health(address, 200, 15, "200 once the API is back")
     assert body["reasons"] == {}
     _, verbose = get_health(address, verbose=True)
@@ -259,47 +263,12 @@ def test_health_503_while_the_api_is_down_then_200(agent: Agent, own_server: Pre
 # -- spool: a read-only filesystem -------------------------------------------------------
 
 
-def mounted(path: Path) -> bool:
-    return any(
-        line.split()[1] == str(path) for line in Path("/proc/mounts").read_text().splitlines()
-    )
-
-
-def remount(path: Path, mode: str) -> None:
-    """``mount -o remount,ro|rw``; retried, as a probe write in flight makes it busy."""
-    deadline = time.monotonic() + 10
-    while True:
-        result = subprocess.run(
-            ["mount", "-o", f"remount,{mode}", str(path)], capture_output=True, text=True
-        )
-        if result.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"mount -o remount,{mode} {path}: {result.stderr}")
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def spoolfs(tmp_path: Path) -> Iterator[Path]:
     """A 16 MB tmpfs of the test's own, unmounted at teardown (lazily if still busy).
     Request it before ``agent``, so that the agent's processes are gone by then."""
-    if os.geteuid() != 0:
-        pytest.skip("making the spool read-only needs root (mount -t tmpfs)")
-    path = tmp_path / "spoolfs"
-    path.mkdir()
-    result = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(path)],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {result.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "spoolfs", "16m") as path:
         yield path
-    finally:
-        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(path)], check=True)
-        assert not mounted(path)
 
 
 def test_health_503_when_the_spool_is_read_only_then_200(
@@ -327,7 +296,7 @@ def test_health_503_when_the_spool_is_read_only_then_200(
     remount(spoolfs, "ro")
     body = wait_health(address, 503, 5, "503 for the read-only spool")
     assert list(body["reasons"]) == ["spool"]
-    assert body["checks"] == {"poll": True, "workers": True, "spool": False}
+    assert body["checks"] == {"api": True, "poll": True, "workers": True, "spool": False}
     assert body["reasons"]["spool"].startswith(f"spool {spool}: ")
     # From the next tick on, the write probe's own words.
     poke(address)

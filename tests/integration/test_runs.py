@@ -122,7 +122,14 @@ def test_bad_flags_are_usage_errors(agent: Agent) -> None:
 def test_unreachable_api_is_logged_and_retried_not_fatal(agent: Agent) -> None:
     dead = f"http://127.0.0.1:{free_port()}/api"
     agent.start_poller("--api-retry-seconds", "1", env={"PREFECT_API_URL": dead})
-    wait_for(lambda: agent.procs.log("poller").count("poll failed") >= 2, 60, "two failed polls")
+    # The first round retries for its deadline, then the poller says the API is away
+    # (once) and keeps trying, one attempt per round.
+    wait_for(
+        lambda: agent.procs.log("poller").count("the Prefect API is still unavailable") >= 2,
+        60,
+        "two more failed rounds",
+    )
+    assert agent.procs.log("poller").count("the Prefect API is unavailable: claiming") == 1
     assert agent.procs.popens[-1].poll() is None  # still running
     assert f"cannot reach {dead}" in agent.procs.log("poller")
     assert "Traceback" not in agent.procs.log("poller")

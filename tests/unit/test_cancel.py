@@ -32,8 +32,12 @@ from agent.worker import Worker
 
 URL = "http://prefect.invalid/api"
 POOL = "pool"
-SLEEPER = "import time; time.sleep(60)"
-STUBBORN = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(60)"
+# Each says "ready" once set up, so that a signal never arrives before its handler is set.
+READY = "print('ready', flush=True)"
+SLEEPER = f"import time; {READY}; time.sleep(60)"
+STUBBORN = (
+    f"import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); {READY}; time.sleep(60)"
+)
 
 
 @pytest.fixture
@@ -253,18 +257,22 @@ def test_poller_checks_for_cancellations_at_most_every_few_seconds(spool: Spool)
 
 
 class WorkerClient(PrefectClient):
-    """Reads the run as ``state`` (what the engine left); records proposed states."""
+    """Reads the run as Pending the first time (the worker's look before it starts the
+    flow), then as ``state`` (what the engine left); records proposed states."""
 
     def __init__(self, state: str = "RUNNING") -> None:
         super().__init__(ApiSettings(url=URL))
         self.state = state
+        self.reads = 0
         self.proposed: list[tuple[dict[str, Any], bool]] = []
 
     def request(
         self, call: str, method: str, path: str, json: Any = None, deadline: float | None = None
     ) -> Any:
         if call == "read_flow_run":
-            return {"id": path.rsplit("/", 1)[1], "state": {"type": self.state}}
+            self.reads += 1
+            state = "PENDING" if self.reads == 1 else self.state
+            return {"id": path.rsplit("/", 1)[1], "state": {"type": state}}
         if call == "set_flow_run_state":
             self.proposed.append((json["state"], json["force"]))
             return {"status": "ACCEPT", "state": json["state"]}
@@ -305,7 +313,11 @@ class ChildLauncher:
         keep_fds: Sequence[int],
         echo_prefix: str | None,
     ) -> ChildHandle:
-        proc = subprocess.Popen([sys.executable, "-c", self.code], start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", self.code], start_new_session=True, stdout=subprocess.PIPE
+        )
+        if READY in self.code:
+            assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
         me = identify(proc.pid)
         assert me is not None
         write_status(run_dir, {"phase": "running", "shim": me.to_json(), "flow": me.to_json()})

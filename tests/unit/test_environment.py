@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from agent.environment import build_argv, build_env, python_path
+from agent.environment import FLOW_DEFAULTS, build_argv, build_env, python_path
 
 API_URL = "http://prefect.test:4200/api"
 RUN_ID = "3f1c0f9e-0000-4000-8000-000000000001"
@@ -194,3 +194,57 @@ def test_build_argv_uses_a_command_verbatim() -> None:
     argv = build_argv(command, "/py")
     assert argv == ["bash", "-c", "echo 'hi there'"]
     assert isinstance(argv, list)
+
+
+# -- defaults for flow runs ------------------------------------------------------------
+
+
+def test_flow_runs_get_more_client_retries_by_default() -> None:
+    assert FLOW_DEFAULTS == {"PREFECT_CLIENT_MAX_RETRIES": "8"}
+    assert env_of()["PREFECT_CLIENT_MAX_RETRIES"] == "8"
+    assert env_of({"HOME": "/home/agent"})["PREFECT_CLIENT_MAX_RETRIES"] == "8"
+
+
+def test_the_default_holds_without_cloud_logs_too() -> None:
+    env = build_env(
+        {},
+        working_dir="/wd",
+        import_paths=(),
+        agent_env={},
+        run_env={},
+        api_url=API_URL,
+        secret_env={},
+        flow_run_id=RUN_ID,
+        logs_to_api=False,
+    )
+    assert env["PREFECT_CLIENT_MAX_RETRIES"] == "8"
+
+
+def test_the_workers_environment_overrides_the_client_retries_default() -> None:
+    env = env_of({"PREFECT_CLIENT_MAX_RETRIES": "3"})
+    assert env["PREFECT_CLIENT_MAX_RETRIES"] == "3"
+
+
+def test_the_agents_env_overrides_the_client_retries_default() -> None:
+    assert env_of(agent_env={"PREFECT_CLIENT_MAX_RETRIES": "4"})["PREFECT_CLIENT_MAX_RETRIES"] == (
+        "4"
+    )
+    env = env_of({"PREFECT_CLIENT_MAX_RETRIES": "3"}, agent_env={"PREFECT_CLIENT_MAX_RETRIES": "4"})
+    assert env["PREFECT_CLIENT_MAX_RETRIES"] == "4"
+
+
+def test_the_runs_env_overrides_the_client_retries_default() -> None:
+    assert env_of(run_env={"PREFECT_CLIENT_MAX_RETRIES": "0"})["PREFECT_CLIENT_MAX_RETRIES"] == "0"
+    env = env_of(
+        {"PREFECT_CLIENT_MAX_RETRIES": "3"},
+        agent_env={"PREFECT_CLIENT_MAX_RETRIES": "4"},
+        run_env={"PREFECT_CLIENT_MAX_RETRIES": "5"},
+    )
+    assert env["PREFECT_CLIENT_MAX_RETRIES"] == "5"
+
+
+def test_an_override_does_not_change_the_default_for_the_next_run() -> None:
+    env_of(run_env={"PREFECT_CLIENT_MAX_RETRIES": "1"})
+    env_of({"PREFECT_CLIENT_MAX_RETRIES": "2"})
+    assert FLOW_DEFAULTS == {"PREFECT_CLIENT_MAX_RETRIES": "8"}
+    assert env_of()["PREFECT_CLIENT_MAX_RETRIES"] == "8"

@@ -108,6 +108,7 @@ def test_all_ok_after_a_good_tick(world: World) -> None:
     ok, checks = world.poller.health()
     assert ok
     assert {name: c["ok"] for name, c in checks.items()} == {
+        "api": True,
         "poll": True,
         "workers": True,
         "spool": True,
@@ -118,6 +119,12 @@ def test_all_ok_after_a_good_tick(world: World) -> None:
     assert checks["poll"]["max_age_seconds"] == 30.0  # max(3 x 10 s, 30 s)
     assert 0 <= checks["poll"]["last_successful_poll_age_seconds"] < 5
     assert checks["workers"] == {"ok": True, "reason": None, IDLE: 1, BUSY: 0, DEAD: 0}
+    assert checks["api"] == {
+        "ok": True,
+        "reason": None,
+        "unavailable_since": None,
+        "outbox_reports": 0,
+    }
     assert checks["spool"] == {
         "ok": True,
         "reason": None,
@@ -130,8 +137,13 @@ def test_poll_too_old_names_the_age_the_limit_and_the_last_error(world: World) -
     world.poller.tick()
     world.client.error = TransientApiError("get_scheduled_flow_runs", f"cannot reach {URL}")
     world.poller.tick()
-    # Failures alone do not fail the check: only no success for longer than the limit.
-    assert reasons(world.poller) == {}
+    # A failed round (its calls retried for 20 s) is an outage, which the api check names;
+    # the poll check fails only after no success for longer than its limit.
+    outage = (
+        "the Prefect API has been unavailable for 0s, claiming nothing: "
+        f"get_scheduled_flow_runs: cannot reach {URL}"
+    )
+    assert reasons(world.poller) == {"api": outage}
     assert world.client.calls[-1] == "get_scheduled_flow_runs"
     assert world.poller.health()[1]["poll"]["last_error"] == (
         f"get_scheduled_flow_runs: cannot reach {URL}"
@@ -140,7 +152,8 @@ def test_poll_too_old_names_the_age_the_limit_and_the_last_error(world: World) -
     assert world.poller.last_success is not None
     world.poller.last_success -= 95
     assert reasons(world.poller) == {
-        "poll": f"no successful poll for 95s (limit 30s): {world.poller.last_error}"
+        "api": outage,
+        "poll": f"no successful poll for 95s (limit 30s): {world.poller.last_error}",
     }
     ok, checks = world.poller.health()
     assert not ok

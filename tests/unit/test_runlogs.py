@@ -7,13 +7,15 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, cast
 
 import pytest
 from prometheus_client import REGISTRY
 
 from agent.api import PrefectClient
-from agent.errors import ApiError, AuthError, NotFoundError, TransientApiError
+from agent.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
+from agent.outbox import Outbox, logs_report
 from agent.runlogs import NoRunLogs, RunLogs, RunLogShipper, ship_to
 
 RUN = str(uuid.uuid4())
@@ -368,3 +370,39 @@ def test_no_run_logs_does_nothing() -> None:
     logs.close(timeout=0)
     assert threading.active_count() == threads
     assert (sent(), dropped("queue_full"), dropped("shutdown"), dropped("invalid")) == before
+
+
+def test_lines_unsent_at_close_are_spilled_to_the_outbox_not_dropped(
+    make: Callable[..., RunLogShipper], tmp_path: Path
+) -> None:
+    # The API is down: the stopping process keeps its lines in the spool's outbox,
+    # which the poller posts (once, oldest first) when the API answers again.
+    outbox = Outbox(tmp_path)
+    api = FakeApi(errors=[TransientApiError("create_logs", "down")] * 1000)
+
+    def spill(lines: list[Entry]) -> None:
+        outbox.put(logs_report(lines, "worker w1"))
+
+    shipper = make(api, start=False, flush_interval=60.0, max_backoff=60.0, spill=spill)
+    for i in range(3):
+        shipper.emit(RUN, f"line {i}")
+    before = dropped("shutdown")
+    shipper.close(timeout=2.0)
+    assert dropped("shutdown") == before  # kept, not dropped
+    [(_, report, _)] = list(outbox.pending())
+    assert report is not None and report.kind == "logs" and report.source == "worker w1"
+    assert [e["message"] for e in report.entries] == ["line 0", "line 1", "line 2"]
+    assert {e["flow_run_id"] for e in report.entries} == {RUN}
+
+
+def test_a_spill_that_fails_drops_and_counts_the_lines(make: Callable[..., RunLogShipper]) -> None:
+    api = FakeApi(errors=[TransientApiError("create_logs", "down")] * 1000)
+
+    def spill(lines: list[Entry]) -> None:
+        raise SpoolError("disk full")
+
+    shipper = make(api, start=False, flush_interval=60.0, max_backoff=60.0, spill=spill)
+    shipper.emit(RUN, "line")
+    before = dropped("shutdown")
+    shipper.close(timeout=2.0)
+    assert dropped("shutdown") - before == 1

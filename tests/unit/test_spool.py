@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import SpoolError
-from agent.registry import BUSY, DEAD, IDLE, Registry
+from agent.registry import BACKOFF, BUSY, DEAD, IDLE, Registry
 from agent.spool import (
     CUR,
     DONE,
@@ -380,13 +380,13 @@ def registry(tmp_path: Path) -> Iterator[Registry]:
 
 def test_registered_worker_counts_as_idle(registry: Registry) -> None:
     registry.register("w1")
-    assert registry.counts() == {IDLE: 1, BUSY: 0, DEAD: 0}
+    assert registry.counts() == {IDLE: 1, BUSY: 0, BACKOFF: 0, DEAD: 0}
 
 
 def test_busy_worker_counts_as_busy_with_its_run(registry: Registry) -> None:
     registry.register("w1")
     registry.set_state(BUSY, "run-1")
-    assert registry.counts() == {IDLE: 0, BUSY: 1, DEAD: 0}
+    assert registry.counts() == {IDLE: 0, BUSY: 1, BACKOFF: 0, DEAD: 0}
     [info] = registry.workers()
     assert info.worker_id == "w1"
     assert info.flow_run_id == "run-1"
@@ -405,13 +405,13 @@ def test_registering_the_same_id_twice_is_refused(tmp_path: Path, registry: Regi
     other = Registry(tmp_path)
     with pytest.raises(SpoolError, match="w1"):
         other.register("w1")
-    assert registry.counts() == {IDLE: 1, BUSY: 0, DEAD: 0}
+    assert registry.counts() == {IDLE: 1, BUSY: 0, BACKOFF: 0, DEAD: 0}
 
 
 def test_worker_without_state_file_counts_as_busy(tmp_path: Path, registry: Registry) -> None:
     registry.register("w1")
     (tmp_path / "workers" / "w1.json").unlink()
-    assert registry.counts() == {IDLE: 0, BUSY: 1, DEAD: 0}
+    assert registry.counts() == {IDLE: 0, BUSY: 1, BACKOFF: 0, DEAD: 0}
 
 
 _CHILD = """
@@ -432,10 +432,10 @@ def test_worker_killed_with_sigkill_counts_as_dead(tmp_path: Path) -> None:
         assert child.stdout is not None
         assert child.stdout.readline().strip() == "ready"
         registry = Registry(tmp_path)
-        assert registry.counts() == {IDLE: 1, BUSY: 0, DEAD: 0}
+        assert registry.counts() == {IDLE: 1, BUSY: 0, BACKOFF: 0, DEAD: 0}
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
-        assert registry.counts() == {IDLE: 0, BUSY: 0, DEAD: 1}
+        assert registry.counts() == {IDLE: 0, BUSY: 0, BACKOFF: 0, DEAD: 1}
         [info] = registry.workers()
         assert info.worker_id == "child"
         assert info.state == DEAD
@@ -452,7 +452,7 @@ def test_dead_worker_id_can_be_registered_again(tmp_path: Path, registry: Regist
     first.register("w1")
     first.unregister()
     registry.register("w1")
-    assert registry.counts() == {IDLE: 1, BUSY: 0, DEAD: 0}
+    assert registry.counts() == {IDLE: 1, BUSY: 0, BACKOFF: 0, DEAD: 0}
 
 
 def test_register_succeeds_while_a_liveness_probe_briefly_holds_the_lock(

@@ -509,7 +509,7 @@ def test_table_has_header_aligned_sections_and_no_env_values(
 
     workers = section(table, "WORKERS")
     assert workers[0] == "WORKERS (3: 1 busy, 1 idle, 1 dead)"
-    assert workers[1].split() == ["WORKER", "STATE", "PID", "FLOW", "RUN", "SINCE"]
+    assert workers[1].split() == ["WORKER", "STATE", "PID", "FLOW", "RUN", "SINCE", "EXITS"]
     assert [line.split()[:2] for line in workers[2:]] == [
         ["w0", "idle"],
         ["w1", "busy"],

@@ -1,0 +1,156 @@
+"""The Prefect server stopped for a minute in the middle of a burst, then started again on
+the same port with the same database. Real server, real supervisord, real flows.
+
+While it is away: no agent process exits, nothing is claimed or started, health says
+why, and the Crashed report of a flow killed meanwhile waits in the spool's outbox.
+Once it is back: polling resumes within seconds, the outbox is delivered once, the flows
+that finished during the outage report their own Completed (the engine retries), and
+every run ends final, executed exactly once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import demo
+import pytest
+
+from agent.api import PrefectClient
+from agent.config import ApiSettings
+from tests.integration.conftest import Agent, executions
+from tests.integration.harness import PrefectServer, Supervisor, free_port, wait_for
+from tests.integration.test_health import get_health, wait_health
+
+OUTAGE_AUTH = "admin:outage-server-auth"
+OUTAGE_SECONDS = 60
+RUNS = 10
+PAUSE = 10.0
+
+
+@pytest.fixture
+def outage_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """A server of this test's own: stopping the session's would fail every other test."""
+    home = tmp_path / "outage-prefect-home"
+    home.mkdir()
+    server = PrefectServer(home, OUTAGE_AUTH, port=free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def program_pids(sup: Supervisor) -> dict[str, int]:
+    found = {}
+    for name in sup.status():
+        out = sup.ctl("pid", name).stdout.strip()
+        found[name] = int(out) if out.isdigit() else 0
+    return found
+
+
+def just_started_flow(agent: Agent) -> tuple[str, int] | None:
+    """A run whose flow started under 2 s ago (so it is sure to be mid-pause, not yet
+    recorded): its id and the flow's pid."""
+    for path in (agent.spool / "runs").glob("*/status.json"):
+        try:
+            status = json.loads(path.read_text())
+            age = time.time() - path.stat().st_mtime
+        except (OSError, ValueError):
+            continue
+        if status.get("phase") == "running" and status.get("flow") and age < 2:
+            return path.parent.name, int(status["flow"]["pid"])
+    return None
+
+
+def outbox(agent: Agent) -> list[str]:
+    folder = agent.spool / "outbox"
+    return sorted(p.name for p in folder.glob("*.json")) if folder.exists() else []
+
+
+def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
+    agent: Agent, outage_server: PrefectServer, marker: Path
+) -> None:
+    url = outage_server.start()
+    client = PrefectClient(ApiSettings(url=url, auth_string=OUTAGE_AUTH))
+    env = {**agent.env, "PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": OUTAGE_AUTH}
+    agent = dataclasses.replace(agent, client=client, env=env)
+    demo.ensure_pool(client, agent.pool)
+    deployment = agent.deploy("slow_record")
+    sup = agent.supervisor(workers=2)
+    assert sup.ctl("start", "agent").returncode == 0
+    wait_for(lambda: set(sup.status().values()) == {"RUNNING"}, 30, "the agent RUNNING")
+    before = program_pids(sup)
+    address = env["AGENT_ADDRESS"]
+    wait_health(address, 200, 30, "a healthy agent")
+
+    params = {"marker": str(marker), "pause": PAUSE}
+    run_ids = [agent.run(deployment, params) for _ in range(RUNS)]
+    wait_for(lambda: len(executions(marker)) >= 2, 120, "two runs to complete")
+    wait_for(lambda: just_started_flow(agent), 60, "a flow that has just started")
+    found = just_started_flow(agent)
+    assert found is not None
+    killed, flow_pid = found
+
+    outage_server.stop()
+    down_at = time.monotonic()
+    os.kill(flow_pid, signal.SIGKILL)  # its worker must report Crashed, with no API
+    done_before = len(executions(marker))
+
+    # Health names the API; the other checks stay green.
+    body = wait_health(
+        address,
+        503,
+        40,
+        "503 naming the unavailable API",
+        check=lambda b: "api" in b["reasons"],
+    )
+    assert "the Prefect API has been unavailable for" in body["reasons"]["api"]
+    assert "cannot reach" in body["reasons"]["api"]
+    assert "workers" not in body["reasons"] and "spool" not in body["reasons"]
+    # The killed run's Crashed waits on disk (after the worker's own retries).
+    wait_for(
+        lambda: any(name.endswith(f"-state-{killed}.json") for name in outbox(agent)),
+        60,
+        "the killed run's Crashed report in the outbox",
+    )
+    while time.monotonic() - down_at < OUTAGE_SECONDS:
+        time.sleep(1)
+        _, verbose = get_health(address, verbose=True)
+        assert verbose["checks"]["api"]["ok"] is False
+    # Nothing was started meanwhile: a flow's engine could not have reported. (The second
+    # flow running at the stop may have finished its sleep and recorded itself.)
+    assert len(executions(marker)) <= done_before + 1
+    _, verbose = get_health(address, verbose=True)
+    assert verbose["checks"]["api"]["outbox_reports"] >= 1
+
+    outage_server.start()  # same port, same database; returns once /health answers
+    back = time.monotonic()
+    # The probe runs every second and a round follows at once (tests/unit/test_outage.py
+    # pins that). The bound is loose: on a loaded machine a just-started server answers
+    # /health while its first other calls still fail with 503 (SQLite busy), and those
+    # rounds back off like any 5xx outage.
+    wait_health(address, 200, 60, "200 once the API is back")
+    resumed = time.monotonic() - back
+    print(f"health green {resumed:.1f}s after the API answered /health again")
+
+    states = agent.wait(run_ids, timeout=180)
+    finals = {rid: states[rid]["type"] for rid in run_ids}
+    assert finals == {rid: "CRASHED" if rid == killed else "COMPLETED" for rid in run_ids}
+    assert "without reporting a final state" in str(states[killed]["message"]), states[killed]
+    # Each completed run executed exactly once; the killed one never reached its record.
+    assert sorted(executions(marker)) == sorted(r for r in run_ids if r != killed)
+    # The outbox delivered the Crashed once and is empty.
+    assert agent.states(killed).count("CRASHED") == 1, agent.states(killed)
+    wait_for(lambda: outbox(agent) == [], 30, "the outbox to empty")
+    # No agent process exited or was restarted through it all.
+    assert program_pids(sup) == before
+    assert set(sup.status().values()) == {"RUNNING"}
+    log = sup.log("agent")
+    assert "the Prefect API is unavailable: claiming nothing" in log
+    assert "the Prefect API answers again after" in log
+    assert "outbox: CRASHED for flow run" in log

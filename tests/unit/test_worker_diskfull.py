@@ -1,0 +1,75 @@
+"""A worker whose spool write fails mid-run (a full disk) stays up: the spec stays in
+cur/, and once the disk recovers the worker adopts it and settles it without running
+the flow again. Real Worker, spool, registry and child process; a fake API."""
+
+from __future__ import annotations
+
+import errno
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from agent import defaults
+from agent.config import ApiSettings, WorkerConfig
+from agent.errors import SpoolError
+from agent.registry import Registry
+from agent.spool import CUR, DONE, Lease, Spool
+from agent.worker import Worker
+from tests.unit.test_cancel import POOL, URL, ChildLauncher, WorkerClient, outcome, spool_run
+
+
+class FullOnceSpool(Spool):
+    """The first ``finish`` fails as on a full disk; later ones work."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.failures = 0
+
+    def finish(self, lease: Lease, outcome: str) -> None:
+        if self.failures == 0:
+            self.failures += 1
+            raise SpoolError(
+                f"cannot move flow run {lease.run_id} to done/: "
+                f"[Errno {errno.ENOSPC}] No space left on device"
+            )
+        super().finish(lease, outcome)
+
+
+def test_a_failed_finish_keeps_the_worker_up_and_the_run_settles_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(defaults, "SPOOL_RETRY_SECONDS", 0.05)
+    spool = FullOnceSpool(tmp_path / "spool")
+    spool.ensure()
+    client = WorkerClient(state="COMPLETED")
+    launcher = ChildLauncher(spool, "pass", cancel=False)
+    config = WorkerConfig(
+        api=ApiSettings(url=URL),
+        spool_dir=spool.root,
+        worker_id="w1",
+        flow_python=sys.executable,
+        pool=POOL,
+        idle_sleep=0.05,
+    )
+    worker = Worker(config, client, spool, Registry(spool.root), launcher, environ={})
+    run_id = spool_run(spool)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = threading.Event()
+        for _ in range(200):
+            if (spool.dir(DONE) / f"{run_id}.json").exists():
+                break
+            deadline.wait(0.05)
+    finally:
+        worker.stop()
+        thread.join(10)
+    assert not thread.is_alive()
+    assert spool.failures == 1
+    assert outcome(spool, run_id) == "completed"
+    assert list(spool.dir(CUR).glob("*.json")) == []
+    assert len(launcher.handles) == 1  # adopted after the failure, never started again
+    assert client.proposed == []  # the engine's Completed stands; nothing reported twice
+    assert f"flow run {run_id}: spool error, trying again in 0s" in caplog.text
