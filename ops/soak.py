@@ -67,14 +67,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import functools
 import itertools
 import json
 import os
 import random
 import secrets
+import select
 import shutil
 import signal
+import struct
 import sys
 import tempfile
 import threading
@@ -113,6 +116,7 @@ POLLER, WORKER_GROUP = "agent", "agent-worker"
 
 KINDS: dict[str, str] = {
     "poller-kill9": "kill -9 the poller",
+    "poller-kill9-publish": "kill -9 the poller inside a publish (tmp/ -> new/)",
     "worker-kill9": "kill -9 a worker",
     "worker-flow-kill9": "kill -9 a busy worker and its run's shim + flow",
     "flow-kill9": "kill -9 a flow process alone",
@@ -123,6 +127,7 @@ KINDS: dict[str, str] = {
 # Relative weights of the kinds: the hard kills most often.
 WEIGHTS: dict[str, int] = {
     "poller-kill9": 3,
+    "poller-kill9-publish": 1,
     "worker-kill9": 3,
     "worker-flow-kill9": 2,
     "flow-kill9": 1,
@@ -137,6 +142,7 @@ WEIGHTS: dict[str, int] = {
 SERVER_SETTINGS = {"PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED": "false"}
 STATE_CHUNK = 100  # runs per /flow_runs/filter call (the API's default limit is 200)
 PROGRESS_SECONDS = 15.0
+PUBLISH_WAIT_SECONDS = 20.0  # poller-kill9-publish: how long it waits for a publish
 API_PATIENCE_SECONDS = 300.0  # how long the soak's own API calls retry a busy server
 LATE_SECONDS = 3.0  # then this much more, so that a late second execution shows
 
@@ -444,6 +450,7 @@ class Killer:
     def applicable(self, snap: Snapshot) -> list[str]:
         ok = {
             "poller-kill9": snap.poller is not None,
+            "poller-kill9-publish": snap.poller is not None,
             "worker-kill9": bool(snap.workers),
             "worker-flow-kill9": bool(snap.busy),
             "flow-kill9": bool(snap.flows),
@@ -483,6 +490,23 @@ class Killer:
             if not self.kill(snap.poller, signal.SIGKILL):
                 return False
             action.targets = [f"poller pid {snap.poller}"]
+        elif kind == "poller-kill9-publish":
+            assert snap.poller is not None
+            try:
+                pidfd = os.pidfd_open(snap.poller)
+            except ProcessLookupError:
+                return False
+            try:
+                if not self.agent.owned(snap.poller):
+                    return False
+                spool = Path(self.agent.sup.env["AGENT_SPOOL_DIR"])
+                run = in_publish(spool, PUBLISH_WAIT_SECONDS, pidfd)
+            finally:
+                os.close(pidfd)
+            if run is None:
+                log(f"kill: {kind}: no publish within {PUBLISH_WAIT_SECONDS:.0f} s")
+                return False
+            action.targets = [f"poller pid {snap.poller}", f"publishing {run}"]
         elif kind in ("worker-kill9", "worker-term"):
             sig = signal.SIGKILL if kind == "worker-kill9" else signal.SIGTERM
             if not self.kill(snap.workers[worker], sig):
@@ -528,6 +552,45 @@ class Killer:
     def by_kind(self) -> dict[str, int]:
         counts = Counter(a.kind for a in self.actions)
         return {kind: counts[kind] for kind in KINDS if counts[kind]}
+
+
+IN_CREATE = 0x100  # inotify(7)
+_INOTIFY_EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
+
+
+def in_publish(spool: Path, timeout: float, poller: int) -> str | None:
+    """Wait (inotify on new/) for the poller to link a spec into new/ while it is still
+    in tmp/, i.e. inside `Spool.publish` between its link and its unlink (a window of
+    about a directory fsync: a millisecond here), and SIGKILL the poller right then
+    (``poller`` is a pidfd: a pid reused meanwhile is never hit). Returns the run id, or
+    None if no publish came within ``timeout`` s or the poller had gone (nothing sent)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if fd < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1")
+    try:
+        if libc.inotify_add_watch(fd, os.fsencode(spool / "new"), IN_CREATE) < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch")
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                return None
+            data = os.read(fd, 65536)
+            offset = 0
+            while offset < len(data):
+                _, _, _, size = _INOTIFY_EVENT.unpack_from(data, offset)
+                start = offset + _INOTIFY_EVENT.size
+                name = data[start : start + size].rstrip(b"\0").decode()
+                offset = start + size
+                if name.endswith(".json") and (spool / "tmp" / name).exists():
+                    try:
+                        signal.pidfd_send_signal(poller, signal.SIGKILL)
+                    except ProcessLookupError:
+                        return None  # that poller is gone already
+                    return name[: -len(".json")]
+        return None
+    finally:
+        os.close(fd)
 
 
 # -- Prefect ---------------------------------------------------------------------------

@@ -14,7 +14,15 @@ import pytest
 
 from agent.api import PrefectClient
 from agent.config import ApiSettings
-from tests.integration.harness import BIN, REPO, Procs, Supervisor, free_port, prefect_server
+from tests.integration.harness import (
+    BIN,
+    REPO,
+    PrefectServer,
+    Procs,
+    Supervisor,
+    free_port,
+    prefect_server,
+)
 
 sys.path.insert(0, str(REPO / "examples"))
 import demo
@@ -134,6 +142,22 @@ def agent(server_url: str, client: PrefectClient, tmp_path: Path) -> Iterator[Ag
     finally:
         Supervisor(procs, run_dir, env).shutdown()
         procs.close()
+
+
+OWN_AUTH = "admin:own-server-auth"
+
+
+@pytest.fixture
+def own_server(tmp_path: Path) -> Iterator[PrefectServer]:
+    """A Prefect server for one test, which it may stop and start again (same port, same
+    database): stopping the session's server would fail every other test."""
+    home = tmp_path / "own-prefect-home"
+    home.mkdir()
+    server = PrefectServer(home, OWN_AUTH, port=free_port())
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

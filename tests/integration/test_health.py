@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from agent.spool import STATE_DIRS
-from tests.integration.conftest import Agent, executions
+from tests.integration.conftest import OWN_AUTH, Agent, executions
 from tests.integration.harness import PrefectServer, free_port, remount, tmpfs, wait_for
 
 Body = dict[str, Any]
@@ -131,21 +131,6 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
 
 
 # -- poll: the API down, a wrong credential --------------------------------------------
-
-OWN_AUTH = "admin:own-server-auth"
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[PrefectServer]:
-    """A Prefect server for one test, which it may stop and start again (same port,
-    same database)."""
-    home = tmp_path / "own-prefect-home"
-    home.mkdir()
-    server = PrefectServer(home, OWN_AUTH, port=free_port())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def test_health_503_while_the_api_is_down_then_200(agent: Agent, own_server: PrefectServer) -> None:

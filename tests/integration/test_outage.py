@@ -15,34 +15,19 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import demo
-import pytest
 
 from agent.api import PrefectClient
 from agent.config import ApiSettings
-from tests.integration.conftest import Agent, executions
-from tests.integration.harness import PrefectServer, Supervisor, free_port, wait_for
+from tests.integration.conftest import OWN_AUTH, Agent, executions
+from tests.integration.harness import PrefectServer, Supervisor, wait_for
 from tests.integration.test_health import get_health, wait_health
 
-OUTAGE_AUTH = "admin:outage-server-auth"
 OUTAGE_SECONDS = 60
 RUNS = 10
 PAUSE = 10.0
-
-
-@pytest.fixture
-def outage_server(tmp_path: Path) -> Iterator[PrefectServer]:
-    """A server of this test's own: stopping the session's would fail every other test."""
-    home = tmp_path / "outage-prefect-home"
-    home.mkdir()
-    server = PrefectServer(home, OUTAGE_AUTH, port=free_port())
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 def program_pids(sup: Supervisor) -> dict[str, int]:
@@ -73,11 +58,11 @@ def outbox(agent: Agent) -> list[str]:
 
 
 def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
-    agent: Agent, outage_server: PrefectServer, marker: Path
+    agent: Agent, own_server: PrefectServer, marker: Path
 ) -> None:
-    url = outage_server.start()
-    client = PrefectClient(ApiSettings(url=url, auth_string=OUTAGE_AUTH))
-    env = {**agent.env, "PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": OUTAGE_AUTH}
+    url = own_server.start()
+    client = PrefectClient(ApiSettings(url=url, auth_string=OWN_AUTH))
+    env = {**agent.env, "PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": OWN_AUTH}
     agent = dataclasses.replace(agent, client=client, env=env)
     demo.ensure_pool(client, agent.pool)
     deployment = agent.deploy("slow_record")
@@ -96,7 +81,7 @@ def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
     assert found is not None
     killed, flow_pid = found
 
-    outage_server.stop()
+    own_server.stop()
     down_at = time.monotonic()
     os.kill(flow_pid, signal.SIGKILL)  # its worker must report Crashed, with no API
     done_before = len(executions(marker))
@@ -128,7 +113,7 @@ def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
     _, verbose = get_health(address, verbose=True)
     assert verbose["checks"]["api"]["outbox_reports"] >= 1
 
-    outage_server.start()  # same port, same database; returns once /health answers
+    own_server.start()  # same port, same database; returns once /health answers
     back = time.monotonic()
     # The probe runs every second and a round follows at once (tests/unit/test_outage.py
     # pins that). The bound is loose: on a loaded machine a just-started server answers
@@ -140,10 +125,23 @@ def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
 
     states = agent.wait(run_ids, timeout=180)
     finals = {rid: states[rid]["type"] for rid in run_ids}
-    assert finals == {rid: "CRASHED" if rid == killed else "COMPLETED" for rid in run_ids}
+    assert finals[killed] == "CRASHED", finals
     assert "without reporting a final state" in str(states[killed]["message"]), states[killed]
-    # Each completed run executed exactly once; the killed one never reached its record.
-    assert sorted(executions(marker)) == sorted(r for r in run_ids if r != killed)
+    # A run whose engine started in the instant the API went away (the worker's look
+    # before the start still got through) fails to load its run and exits: Crashed, with
+    # its flow code never run (no Running state, no record). Every other run Completed.
+    never_ran = {
+        rid
+        for rid, final in finals.items()
+        if rid != killed and final == "CRASHED" and "RUNNING" not in agent.states(rid)
+    }
+    assert len(never_ran) <= 1, never_ran
+    assert finals == {
+        rid: "CRASHED" if rid == killed or rid in never_ran else "COMPLETED" for rid in run_ids
+    }
+    # Each completed run executed exactly once; the crashed ones never reached their record.
+    ran = sorted(r for r in run_ids if r != killed and r not in never_ran)
+    assert sorted(executions(marker)) == ran
     # The outbox delivered the Crashed once and is empty.
     assert agent.states(killed).count("CRASHED") == 1, agent.states(killed)
     wait_for(lambda: outbox(agent) == [], 30, "the outbox to empty")

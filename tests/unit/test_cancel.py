@@ -40,13 +40,6 @@ STUBBORN = (
 )
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool")
-    s.ensure()
-    return s
-
-
 def spec_for(run_id: str, claim: str = "claim-1") -> JobSpec:
     return JobSpec(flow_run_id=run_id, pool=POOL, transition_id=claim, agent_name="agent")
 

@@ -34,22 +34,6 @@ from agent.spool import (
 StrPath = str | os.PathLike[str]
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool")
-    s.ensure()
-    return s
-
-
-@pytest.fixture
-def leases() -> Iterator[list[Lease]]:
-    """Leases taken by a test, released afterwards so no fd leaks."""
-    taken: list[Lease] = []
-    yield taken
-    for lease in taken:
-        lease.release()
-
-
 def files(spool: Spool, state: str) -> list[str]:
     return sorted(p.name for p in spool.dir(state).iterdir())
 

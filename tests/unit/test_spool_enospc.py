@@ -13,7 +13,7 @@ import errno
 import json
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -63,21 +63,6 @@ class FillingDisk:
         written = REAL_WRITE(fd, bytes(data[: self.room]))
         self.room -= written
         return written
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool")
-    s.ensure()
-    return s
-
-
-@pytest.fixture
-def leases() -> Iterator[list[Lease]]:
-    taken: list[Lease] = []
-    yield taken
-    for lease in taken:
-        lease.release()
 
 
 def entries(spool: Spool, state: str) -> list[str]:

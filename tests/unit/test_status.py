@@ -59,13 +59,6 @@ time.sleep(60)
 
 
 @pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool")
-    s.ensure()
-    return s
-
-
-@pytest.fixture
 def children() -> Iterator[list[subprocess.Popen[str]]]:
     started: list[subprocess.Popen[str]] = []
     yield started
@@ -75,14 +68,6 @@ def children() -> Iterator[list[subprocess.Popen[str]]]:
         child.wait(timeout=10)
         if child.stdout is not None:
             child.stdout.close()
-
-
-@pytest.fixture
-def leases() -> Iterator[list[Lease]]:
-    taken: list[Lease] = []
-    yield taken
-    for lease in taken:
-        lease.release()
 
 
 def start_child(

@@ -98,13 +98,6 @@ class CountingLauncher(ChildLauncher):
         return super().start(argv, env, cwd, run_dir, keep_fds, echo_prefix)
 
 
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    s = Spool(tmp_path / "spool")
-    s.ensure()
-    return s
-
-
 @pytest.fixture(autouse=True)
 def fast_probes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(defaults, "API_PROBE_SECONDS", 0.01)
