@@ -690,6 +690,11 @@ class Poller:
             self.check_cancellations()
         except (ApiError, SpoolError) as exc:
             log.error("looking for cancelled flow runs failed, will retry: %s", exc)
+            if isinstance(exc, ApiError) and _outage(exc):
+                # Seen between polls: the outage starts now (health says so, the sleep
+                # probes instead of calling, and the next round makes single attempts).
+                self.last_error = str(exc)
+                self._api_away(exc)
 
     def check_cancellations(self) -> None:
         """Act on runs set to Cancelling in Prefect whose spec this spool holds: a waiting

@@ -190,6 +190,14 @@ class Spool:
         """tmp -> new, by link then unlink (EEXIST means a second delivery: keep one)."""
         src, dst = self._path(TMP, run_id), self._path(NEW, run_id)
         try:
+            if os.stat(src).st_nlink > 1:
+                # A publish cut short between its link and its unlink (the poller died):
+                # the spec is in new/, or taken to cur/ or done/ since (a rename keeps the
+                # file). Linking it again would hand the run to a second worker.
+                log.warning("flow run %s was published already; dropping its tmp copy", run_id)
+                src.unlink()
+                _fsync_dir(src.parent)
+                return
             os.link(src, dst)
         except FileExistsError:
             log.warning("flow run %s was already waiting in the spool; kept one copy", run_id)
@@ -344,7 +352,11 @@ class Spool:
             # A cancel request ends with its run (claims are told apart anyway).
             (self.dir(RUNS) / lease.run_id / CANCEL_FILE).unlink(missing_ok=True)
             replace_file_durably(self.dir(state) / f"{lease.run_id}{note_suffix}", note)
-            os.rename(lease.path, dst)
+            if dst.exists() and os.path.samefile(lease.path, dst):
+                # rename() between two links of one file does nothing: drop ours.
+                lease.path.unlink()
+            else:
+                os.rename(lease.path, dst)
             _fsync_dir(dst.parent)
         except OSError as exc:
             raise SpoolError(f"cannot move flow run {lease.run_id} to {state}/: {exc}") from exc

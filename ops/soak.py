@@ -20,6 +20,8 @@ MIN..MAX seconds, does one of these to a process of that agent (only ever to pro
 it started; every action is logged with its time, targets and runs):
 
     poller-kill9        kill -9 the poller (supervisor restarts it)
+    poller-kill9-publish  kill -9 the poller inside a publish, between its link of the
+                        spec into new/ and its unlink from tmp/ (caught with inotify)
     worker-kill9        kill -9 a worker (its flow goes on; a live worker adopts the run)
     worker-flow-kill9   kill -9 a busy worker and its run's process group (shim + flow)
     flow-kill9          kill -9 a flow process alone (its shim records the signal)
@@ -45,6 +47,9 @@ executions file. What it counts, per run created:
 - ended wrongly: the run executed once but ended other than COMPLETED, and the soak
   never killed a flow of that run. The flow cannot fail on its own, so the agent (or the
   engine under it) declared a healthy run Crashed/Failed/Cancelled.
+- in the spool twice (per spec, not per run): a spec still in tmp/, new/ or cur/ while
+  the same run's spec is in done/ or failed/: the agent's spool is inconsistent. A spec
+  merely left in tmp/new/cur is reported (and the temp dir kept), not counted.
 
 "Killed a flow of that run" means worker-flow-kill9 or flow-kill9 sent SIGKILL to that
 run's shim or flow process: such a run is expected to end Crashed, with one line (the
@@ -55,12 +60,13 @@ report lists these runs and their states separately ("flows killed by the soak")
 counts none of them as lost or ended wrongly; a second execution still counts. The other
 kinds never kill a flow, so after them every run must be Completed, executed once.
 
-Exit status: 0 when lost, executed twice, not final and ended wrongly are all 0 and at
-least one action was made; 1 otherwise; 3 when the soak itself could not go on (setup
-failed, the API stayed unreachable): no verdict; 130 when interrupted (Ctrl-C, SIGTERM).
-On 1 and 3 the temp dir (kill log, executions file, spool, agent and server logs,
-report.json) is kept whatever --keep says. Every process it started is killed by pid
-in the end, whatever happened. See ops/soak.md.
+Exit status: 0 when lost, executed twice, not final, ended wrongly and in the spool
+twice are all 0 and at least one action was made; 1 otherwise; 3 when the soak itself
+could not go on (setup failed, the API stayed unreachable): no verdict; 130 when
+interrupted (Ctrl-C, SIGTERM). On 1 and 3, or when the spool did not drain, the temp dir
+(kill log, executions file, spool, agent and server logs, report.json) is kept whatever
+--keep says. Every process it started is killed by pid in the end, whatever happened.
+See ops/soak.md.
 """
 
 from __future__ import annotations
@@ -170,10 +176,18 @@ class Accounting:
     not_final: dict[str, str] = field(default_factory=dict)  # run -> state type
     wrong: dict[str, str] = field(default_factory=dict)  # run -> state type
     strangers: list[str] = field(default_factory=list)  # lines naming no run created
+    spool_twice: list[str] = field(default_factory=list)  # "cur/<id>" also in done|failed
+    spool_leftovers: list[str] = field(default_factory=list)  # "cur/<id>" etc.
 
     @property
     def failures(self) -> int:
-        return len(self.lost) + len(self.twice) + len(self.not_final) + len(self.wrong)
+        return (
+            len(self.lost)
+            + len(self.twice)
+            + len(self.not_final)
+            + len(self.wrong)
+            + len(self.spool_twice)
+        )
 
 
 def account(
@@ -181,10 +195,12 @@ def account(
     states: Mapping[str, str | None],
     executions: Sequence[str],
     flows_killed: Collection[str],
+    spool: Mapping[str, Collection[str]] | None = None,
 ) -> Accounting:
     """``states``: each run's state type now (None or missing: unknown); ``executions``:
     run ids as read from the executions file; ``flows_killed``: runs whose shim or flow
-    process the soak sent SIGKILL to."""
+    process the soak sent SIGKILL to; ``spool``: the run ids in each spool folder (tmp,
+    new, cur, done, failed) at the end."""
     count = Counter(executions)
     created = set(run_ids)
     breakdown: Counter[str] = Counter()
@@ -214,12 +230,21 @@ def account(
             acc.wrong[run] = state
     acc.states = dict(breakdown.most_common())
     acc.flows_killed = dict(killed_states.most_common())
+    spool = spool or {}
+    retired = {run for folder in ("done", "failed") for run in spool.get(folder, ())}
+    for folder in ("tmp", "new", "cur"):
+        for run in sorted(spool.get(folder, ())):
+            acc.spool_leftovers.append(f"{folder}/{run}")
+            if run in retired:
+                acc.spool_twice.append(f"{folder}/{run}")
     return acc
 
 
 def verdict(acc: Accounting, actions: int) -> tuple[int, list[str]]:
     """Exit status and why: 1 if any run was lost, executed twice, not final or ended
-    wrongly, or if the soak made no action at all (then it proved nothing)."""
+    wrongly, if a spec is in the spool twice (tmp/new/cur and done/failed at once: the
+    agent's spool is inconsistent), or if the soak made no action at all (then it
+    proved nothing). A spec merely left in tmp/new/cur is shown, not counted."""
     reasons = []
     for label, items in (
         ("lost", acc.lost),
@@ -229,6 +254,8 @@ def verdict(acc: Accounting, actions: int) -> tuple[int, list[str]]:
     ):
         if items:
             reasons.append(f"{len(items)} run(s) {label}")
+    if acc.spool_twice:
+        reasons.append(f"{len(acc.spool_twice)} spec(s) in the spool twice")
     if actions == 0:
         reasons.append("no kill or restart was made: nothing was soaked")
     return (1 if reasons else 0), reasons
@@ -260,6 +287,7 @@ def render(acc: Accounting, kills: Mapping[str, int], info: Sequence[tuple[str, 
         ("runs executed twice", str(len(acc.twice))),
         ("runs not final", str(len(acc.not_final))),
         ("runs ended wrongly", str(len(acc.wrong))),
+        ("specs in the spool twice", str(len(acc.spool_twice))),
         ("result", f"FAIL: {'; '.join(reasons)}" if code else "PASS"),
     ]
     width = max(len(label) for label, _ in rows) + 1
@@ -269,6 +297,8 @@ def render(acc: Accounting, kills: Mapping[str, int], info: Sequence[tuple[str, 
         ("executed twice", {run: f"{n} executions" for run, n in acc.twice.items()}),
         ("not final", acc.not_final),
         ("ended wrongly", acc.wrong),
+        ("in the spool twice", {where: "(also in done/ or failed/)" for where in acc.spool_twice}),
+        ("left in the spool", {where: "" for where in acc.spool_leftovers}),
     ):
         for run, what in runs.items():
             lines.append(f"  {label}: {run} {what}".rstrip())
@@ -478,7 +508,7 @@ class Killer:
         kind = self.rng.choices(kinds, [WEIGHTS[k] for k in kinds])[0]
         if self._act(kind, snap):
             return
-        log(f"kill: {kind}: its target ended meanwhile; skipped")
+        log(f"kill: {kind}: skipped (its target ended meanwhile, or nothing came)")
 
     def _act(self, kind: str, snap: Snapshot) -> bool:
         """Do ``kind`` to a random target of ``snap``; False if the target was gone."""
@@ -670,21 +700,27 @@ def read_json(path: Path) -> dict[str, Any]:
     return {}
 
 
+SPOOL_FOLDERS = ("tmp", "new", "cur", "done", "failed")
+
+
+def spool_listing(spool: Path) -> dict[str, list[str]]:
+    """The run ids of the specs in each spool folder."""
+    return {
+        folder: sorted(p.stem for p in (spool / folder).glob("*.json"))
+        if (spool / folder).is_dir()
+        else []
+        for folder in SPOOL_FOLDERS
+    }
+
+
 def spool_leftovers(spool: Path) -> list[str]:
     """Specs still in tmp/, new/ or cur/ (``cur/<id>``): none once every run has ended."""
-    return sorted(
-        f"{state}/{path.stem}"
-        for state in ("tmp", "new", "cur")
-        if (spool / state).is_dir()
-        for path in (spool / state).glob("*.json")
-    )
+    listing = spool_listing(spool)
+    return [f"{folder}/{run}" for folder in ("tmp", "new", "cur") for run in listing[folder]]
 
 
 def spool_counts(spool: Path) -> dict[str, int]:
-    return {
-        state: sum(1 for p in (spool / state).glob("*.json")) if (spool / state).is_dir() else 0
-        for state in ("tmp", "new", "cur", "done", "failed")
-    }
+    return {folder: len(runs) for folder, runs in spool_listing(spool).items()}
 
 
 @dataclass
@@ -754,18 +790,18 @@ class Soak:
         self.mark("settled")
         states = read_states(self.client, self.run_ids)
         lines = parse_executions(executions.read_text())
-        acc = account(self.run_ids, states, lines, killer.flows_killed)
+        acc = account(self.run_ids, states, lines, killer.flows_killed, spool_listing(spool))
         kills = killer.by_kind()
         code, _ = verdict(acc, sum(kills.values()))
         histories = {run: history(self.client, run) for run in self.run_ids}
         info = self._info(killer, spool, agent)
         info.append(("state paths", breakdown(state_paths(histories.values()))))
-        if leftovers := spool_leftovers(spool):
-            # Not part of the verdict (no run is lost by it), but not how a drained agent
-            # looks: say what each is, and keep the evidence.
-            self.anomalies.append(f"spool not drained: {' '.join(leftovers)}")
+        if acc.spool_leftovers:
+            # Only a spec in two folders at once fails the verdict, but any leftover is
+            # not how a drained agent looks: say what each is, and keep the evidence.
+            self.anomalies.append(f"spool not drained: {' '.join(acc.spool_leftovers)}")
             count = Counter(lines)
-            for where in leftovers:
+            for where in acc.spool_leftovers:
                 run = where.split("/", 1)[1]
                 status = read_json(spool / "runs" / run / "status.json")
                 also = [d for d in ("done", "failed") if (spool / d / f"{run}.json").exists()]
@@ -778,7 +814,7 @@ class Soak:
                     )
                 )
         print(render(acc, kills, info), flush=True)
-        for run in [*acc.lost, *acc.twice, *acc.not_final, *acc.wrong]:
+        for run in dict.fromkeys([*acc.lost, *acc.twice, *acc.not_final, *acc.wrong]):
             print(f"  history {run}: {' -> '.join(histories[run])}")
         report = {
             "seed": self.seed,

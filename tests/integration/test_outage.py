@@ -90,7 +90,7 @@ def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
     body = wait_health(
         address,
         503,
-        40,
+        60,
         "503 naming the unavailable API",
         check=lambda b: "api" in b["reasons"],
     )

@@ -96,6 +96,18 @@ def test_lines_naming_no_run_are_shown_but_not_counted() -> None:
     assert soak.verdict(acc, actions=1) == (0, [])
 
 
+def test_a_spec_in_the_spool_twice_fails_one_merely_left_does_not() -> None:
+    spool = {"tmp": [], "new": [], "cur": [A, B], "done": [A, C], "failed": []}
+    acc = soak.account([A, B, C], dict.fromkeys([A, B, C], "COMPLETED"), [A, B, C], set(), spool)
+    assert acc.spool_twice == [f"cur/{A}"]  # in cur/ and done/ at once
+    assert acc.spool_leftovers == [f"cur/{A}", f"cur/{B}"]
+    assert soak.verdict(acc, actions=1) == (1, ["1 spec(s) in the spool twice"])
+    spool["cur"] = [B]
+    acc = soak.account([A, B, C], dict.fromkeys([A, B, C], "COMPLETED"), [A, B, C], set(), spool)
+    assert (acc.spool_twice, acc.spool_leftovers) == ([], [f"cur/{B}"])
+    assert soak.verdict(acc, actions=1) == (0, [])
+
+
 def test_the_report_shows_each_figure_and_each_offending_run() -> None:
     states = {A: "COMPLETED", B: "CRASHED", C: "PENDING", D: "COMPLETED"}
     lines = soak.parse_executions(f"{A} 11 1.0\n{D} 12 2.0\n\n{D} 13 3.0\n")
@@ -171,12 +183,14 @@ def test_a_short_real_soak_loses_and_repeats_nothing(server_url: str, tmp_path: 
     data = json.loads(out_json.read_text())
     acc = data["accounting"]
     assert (acc["lost"], acc["twice"], acc["not_final"], acc["wrong"]) == ([], {}, {}, {})
+    assert acc["spool_twice"] == []
     assert len(data["run_ids"]) == 20
     assert all(data["states"][run] in ("COMPLETED", "CRASHED") for run in data["run_ids"])
     # Only runs whose flow the soak killed may be Crashed.
     killed = {run for kill in data["kills"] for run in kill["runs"]}
     assert {run for run, state in data["states"].items() if state == "CRASHED"} <= killed
     assert data["kills"], "no action was made"
+    assert data["anomalies"] == [], "the spool did not drain"
     # A clean soak leaves no process and no temp dir behind.
     tmp = data["tmp"]
     assert not Path(tmp).exists()

@@ -375,6 +375,25 @@ def test_no_cancellation_look_while_the_api_is_away(world: World) -> None:
     assert world.client.calls == []
 
 
+@pytest.mark.usefixtures("fast_probes")
+def test_a_cancellation_look_that_fails_between_polls_starts_the_outage(world: World) -> None:
+    # Between polls only the cancellation look calls the API: when it fails through its
+    # retries, health names the outage at once and the sleep probes instead of calling.
+    world.spool.running = ["r1"]
+    world.poller.tick()
+    assert world.poller.api_down_since is None
+    world.client.fail(DOWN, "cancelling_flow_runs")
+    world.poller._next_cancel_check = float("-inf")
+    world.poller.check_cancellations_if_due()
+    assert world.poller.api_down_since is not None
+    assert world.poller.last_error == str(DOWN)
+    assert world.poller.health()[1]["api"]["ok"] is False
+    world.client.calls.clear()
+    world.client.probes = [False]
+    timed_sleep(world.poller, 0.1)
+    assert world.client.calls == []  # no more cancellation looks while it is away
+
+
 # -- the outbox in a tick -----------------------------------------------------------------------
 
 

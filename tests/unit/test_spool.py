@@ -452,3 +452,34 @@ def test_register_succeeds_while_a_liveness_probe_briefly_holds_the_lock(
     finally:
         timer.join()
     assert registry.counts()[IDLE] == 1
+
+
+def test_a_publish_cut_short_after_its_link_is_never_published_twice(spool: Spool) -> None:
+    # The poller died between link(tmp/X, new/X) and unlink(tmp/X); a worker took the
+    # spec since. The next poller's reconcile publishes tmp/X again: it must only drop
+    # the copy, else new/X and cur/X would be one file and the run handed out twice.
+    spool.write_ahead("r1", b'{"spec": 1}')
+    os.link(spool.dir(TMP) / "r1.json", spool.dir(NEW) / "r1.json")
+    lease = spool.take()
+    assert lease is not None
+    spool.publish("r1")
+    assert files(spool, TMP) == []
+    assert files(spool, NEW) == []
+    assert files(spool, CUR) == ["r1.json"]
+    assert spool.take() is None
+    spool.finish(lease, "completed")
+    assert files(spool, CUR) == []
+    assert files(spool, DONE) == ["r1.json", "r1.outcome"]
+
+
+def test_retiring_a_spec_already_linked_in_done_leaves_one(spool: Spool) -> None:
+    # rename() between two links of one file is a no-op that succeeds: the spec must
+    # still leave cur/, or every worker would adopt it again for ever.
+    spool.write_ahead("r1", b'{"spec": 1}')
+    spool.publish("r1")
+    lease = spool.take()
+    assert lease is not None
+    os.link(spool.dir(CUR) / "r1.json", spool.dir(DONE) / "r1.json")
+    spool.finish(lease, "completed")
+    assert files(spool, CUR) == []
+    assert files(spool, DONE) == ["r1.json", "r1.outcome"]
