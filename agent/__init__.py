@@ -1,6 +1,6 @@
 """local-agent: runs Prefect 3 flow runs as local subprocesses under supervisor.
 
-Kept import-free on purpose: the per-run shim (``python -I -m agent.shim``) imports
+Kept import-free on purpose: the per-run shim (``python -I -m agent.worker.shim``) imports
 this package, and it must start fast.
 """
 

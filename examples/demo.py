@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.api import PrefectClient, is_final
-from agent.config import ApiSettings
-from agent.jobvars import base_job_template
+from agent.api.client import PrefectClient, is_final
+from agent.core.jobvars import base_job_template
+from agent.settings.config import ApiSettings
 
 HERE = Path(__file__).resolve().parent
 

@@ -50,9 +50,9 @@ import demo  # noqa: E402
 import requests  # noqa: E402
 
 from agent import __version__ as agent_version  # noqa: E402
-from agent import defaults  # noqa: E402
-from agent.api import PrefectClient  # noqa: E402
-from agent.config import ApiSettings  # noqa: E402
+from agent.api.client import PrefectClient  # noqa: E402
+from agent.settings import defaults  # noqa: E402
+from agent.settings.config import ApiSettings  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     BIN,
     Procs,
@@ -161,7 +161,9 @@ def classify_agent(supervisord_pid: int) -> Classifier:
     def classify(table: dict[int, Proc]) -> dict[str, list[int]]:
         own = children(table, supervisord_pid)
         workers = [p for p in own if " worker" in p.cmdline]
-        shims = [c for w in workers for c in children(table, w.pid) if "agent.shim" in c.cmdline]
+        shims = [
+            c for w in workers for c in children(table, w.pid) if "agent.worker.shim" in c.cmdline
+        ]
         flows = [c for s in shims for c in children(table, s.pid)]
         return {
             "own": [p.pid for p in own],

@@ -102,9 +102,9 @@ sys.path[:0] = [str(REPO), str(REPO / "examples")]
 
 import demo  # noqa: E402
 
-from agent.api import FINAL_STATE_TYPES, PrefectClient  # noqa: E402
-from agent.config import ApiSettings  # noqa: E402
-from agent.errors import TransientApiError  # noqa: E402
+from agent.api.client import FINAL_STATE_TYPES, PrefectClient  # noqa: E402
+from agent.core.errors import TransientApiError  # noqa: E402
+from agent.settings.config import ApiSettings  # noqa: E402
 from ops.benchmark import Proc, children, log, process_table, terminate_as_interrupt  # noqa: E402
 from tests.integration.harness import (  # noqa: E402
     TAG,
@@ -324,7 +324,7 @@ def read_environ(pid: int) -> dict[str, str]:
 def shim_run(pid: int) -> str | None:
     """The flow run id of a shim, from its ``--run-dir .../runs/<id>``."""
     argv = read_argv(pid)
-    if "agent.shim" not in argv or "--run-dir" not in argv[:-1]:
+    if "agent.worker.shim" not in argv or "--run-dir" not in argv[:-1]:
         return None
     return Path(argv[argv.index("--run-dir") + 1]).name
 

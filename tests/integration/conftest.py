@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.api import PrefectClient
-from agent.config import ApiSettings
+from agent.api.client import PrefectClient
+from agent.settings.config import ApiSettings
 from tests.integration.harness import (
     BIN,
     REPO,

@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent.claim import pending_state
-from agent.jobvars import base_job_template, template_defaults
-from agent.spec import JobSpec, dumps
+from agent.core.claim import pending_state
+from agent.core.jobvars import base_job_template, template_defaults
+from agent.core.spec import JobSpec, dumps
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
 

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.procid import ProcessId
+from agent.worker.procid import ProcessId
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
 

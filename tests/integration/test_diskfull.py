@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import CUR, DONE, FAILED, NEW, STATE_DIRS, TMP
+from agent.spool.moves import CUR, DONE, FAILED, NEW, STATE_DIRS, TMP
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import free_port, tmpfs, wait_for
 from tests.integration.test_health import get_health, poke, polls, serving, wait_health

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import requests
 
-from agent.spool import STATE_DIRS
+from agent.spool.moves import STATE_DIRS
 from tests.integration.conftest import OWN_AUTH, Agent, executions
 from tests.integration.harness import PrefectServer, free_port, remount, tmpfs, wait_for
 

@@ -19,7 +19,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import __version__, defaults
+from agent import __version__
+from agent.settings import defaults
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import Supervisor, free_port, wait_for
 

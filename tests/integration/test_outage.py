@@ -19,8 +19,8 @@ from pathlib import Path
 
 import demo
 
-from agent.api import PrefectClient
-from agent.config import ApiSettings
+from agent.api.client import PrefectClient
+from agent.settings.config import ApiSettings
 from tests.integration.conftest import OWN_AUTH, Agent, executions
 from tests.integration.harness import PrefectServer, Supervisor, wait_for
 from tests.integration.test_health import get_health, wait_health

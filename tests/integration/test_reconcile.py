@@ -9,7 +9,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from agent.claim import pending_state
+from agent.core.claim import pending_state
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
 

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from agent.api import PrefectClient
-from agent.config import ApiSettings
-from agent.errors import ApiError
-from agent.runlogs import ship_to
+from agent.api.client import PrefectClient
+from agent.api.runlogs import ship_to
+from agent.core.errors import ApiError
+from agent.settings.config import ApiSettings
 from tests.integration.harness import free_port, wait_for
 
 

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent import metrics
+from agent.observe import metrics
 
 DASHBOARD_PATH = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "local-agent.json"
 

@@ -21,7 +21,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML, installed with prefect
 from prometheus_client.metrics import MetricWrapperBase
 
-from agent import metrics
+from agent.observe import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "ops" / "prometheus"
@@ -274,7 +274,7 @@ def test_exported_metrics_are_read_from_the_agent() -> None:
 
 @pytest.mark.parametrize("rule", ALERTS, ids=ALERT_IDS)
 def test_alert_uses_only_exported_metrics(rule: dict[str, Any]) -> None:
-    """Every metric in the expression exists in agent/metrics.py (or is `up`), and every
+    """Every metric in the expression exists in agent/observe/metrics.py (or is `up`), and every
     label it matches on is one that metric has."""
     exported = exported_metrics()
     used = metric_names(rule["expr"])

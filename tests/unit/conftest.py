@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.spool import Lease, Spool
+from agent.spool.moves import Lease, Spool
 
 
 @pytest.fixture

@@ -8,10 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from agent.adopt import LOST_MESSAGE, Found, classify
-from agent.launcher import ExitStatus
-from agent.procid import ProcessId, boot_id, identify, start_time
-from agent.spool import Spool
+from agent.spool.moves import Spool
+from agent.worker.adopt import LOST_MESSAGE, Found, classify
+from agent.worker.launcher import ExitStatus
+from agent.worker.procid import ProcessId, boot_id, identify, start_time
 
 
 def test_a_live_process_is_itself_and_a_reused_pid_is_not() -> None:

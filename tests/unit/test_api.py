@@ -1,4 +1,4 @@
-"""agent/api.py: PrefectClient against a real, scripted HTTP server on 127.0.0.1."""
+"""agent/api/client.py: PrefectClient against a real, scripted HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -14,10 +14,10 @@ from typing import Any, cast
 
 import pytest
 
-from agent.api import PrefectClient, parse_retry_after
-from agent.config import ApiSettings
-from agent.errors import ApiError, AuthError, NotFoundError, TransientApiError
-from agent.jobvars import base_job_template
+from agent.api.client import PrefectClient, parse_retry_after
+from agent.core.errors import ApiError, AuthError, NotFoundError, TransientApiError
+from agent.core.jobvars import base_job_template
+from agent.settings.config import ApiSettings
 
 Reply = tuple[int, dict[str, str], bytes]
 

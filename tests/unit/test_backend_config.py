@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from agent import backend_config
-from agent.backend_config import BackendSettings, apply, describe_changes, parse
-from agent.config import ApiSettings, PollerConfig, agent_labels
-from agent.errors import ConfigError
+from agent.core.errors import ConfigError
+from agent.settings import backend_config
+from agent.settings.backend_config import BackendSettings, apply, describe_changes, parse
+from agent.settings.config import ApiSettings, PollerConfig, agent_labels
 
 
 def base(**kw: object) -> PollerConfig:

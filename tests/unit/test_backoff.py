@@ -1,8 +1,8 @@
-"""agent/backoff.py: the poll interval policy."""
+"""agent/core/backoff.py: the poll interval policy."""
 
 from __future__ import annotations
 
-from agent.backoff import next_poll_interval
+from agent.core.backoff import next_poll_interval
 
 MIN, MAX = 0.5, 10.0
 

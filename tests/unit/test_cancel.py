@@ -18,17 +18,17 @@ from typing import Any
 
 import pytest
 
-from agent import metrics
-from agent.api import PrefectClient
-from agent.config import ApiSettings, PollerConfig, WorkerConfig
-from agent.launcher import ExitStatus, signal_run
-from agent.poller import Poller
-from agent.procid import ProcessId, identify
-from agent.registry import Registry
-from agent.shim import STATUS_FILE, write_status
-from agent.spec import JobSpec, dumps
-from agent.spool import CANCEL_FILE, CUR, DONE, NEW, RUNS, Lease, Spool
-from agent.worker import Worker
+from agent.api.client import PrefectClient
+from agent.core.spec import JobSpec, dumps
+from agent.observe import metrics
+from agent.poller.loop import Poller
+from agent.settings.config import ApiSettings, PollerConfig, WorkerConfig
+from agent.spool.moves import CANCEL_FILE, CUR, DONE, NEW, RUNS, Lease, Spool
+from agent.spool.registry import Registry
+from agent.worker.launcher import ExitStatus, signal_run
+from agent.worker.loop import Worker
+from agent.worker.procid import ProcessId, identify
+from agent.worker.shim import STATUS_FILE, write_status
 
 URL = "http://prefect.invalid/api"
 POOL = "pool"

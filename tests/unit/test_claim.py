@@ -1,10 +1,10 @@
-"""agent/claim.py: reading the server's answer to our Pending proposal."""
+"""agent/core/claim.py: reading the server's answer to our Pending proposal."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from agent.claim import Claim, interpret, pending_state
+from agent.core.claim import Claim, interpret, pending_state
 
 TRANSITION = "tid-ours"
 

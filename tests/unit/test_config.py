@@ -1,4 +1,4 @@
-"""agent/config.py: pure parsing of flags and environment values."""
+"""agent/settings/config.py: pure parsing of flags and environment values."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.config import (
+from agent.core.errors import ConfigError
+from agent.settings.config import (
     ApiSettings,
     PollerConfig,
     agent_labels,
@@ -16,7 +17,6 @@ from agent.config import (
     parse_env_vars_value,
     parse_labels_value,
 )
-from agent.errors import ConfigError
 
 SOURCE = "PREFECT__CLOUD__AGENT__TEST"
 

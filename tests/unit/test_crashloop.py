@@ -1,4 +1,4 @@
-"""Crash loops: the policy (agent/crashloop.py), how the registry detects and records a
+"""Crash loops: the policy (agent/core/crashloop.py), how the registry detects and records a
 worker's unexpected exits (real files and flocks in a tmp spool; killed children for
 real kills), how `Worker.run` backs off and exits (cleanly or not), and what the poller
 (free slots, health) and `agent status` make of a worker in backoff."""
@@ -18,18 +18,18 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from agent import defaults
-from agent.api import PrefectClient
-from agent.cli import _crash_loop_threshold
-from agent.config import ApiSettings, PollerConfig, WorkerConfig
-from agent.crashloop import Policy, Verdict, assess, delay_for, describe, recent, window_text
-from agent.errors import ConfigError
-from agent.launcher import ShimLauncher
-from agent.poller import Poller
-from agent.registry import BACKOFF, BUSY, DEAD, IDLE, Registry
-from agent.spool import Spool
-from agent.status import EXIT_DEGRADED, collect, exit_code, problems, render_table
-from agent.worker import Worker
+from agent.api.client import PrefectClient
+from agent.cli.main import _crash_loop_threshold
+from agent.cli.status import EXIT_DEGRADED, collect, exit_code, problems, render_table
+from agent.core.crashloop import Policy, Verdict, assess, delay_for, describe, recent, window_text
+from agent.core.errors import ConfigError
+from agent.poller.loop import Poller
+from agent.settings import defaults
+from agent.settings.config import ApiSettings, PollerConfig, WorkerConfig
+from agent.spool.moves import Spool
+from agent.spool.registry import BACKOFF, BUSY, DEAD, IDLE, Registry
+from agent.worker.launcher import ShimLauncher
+from agent.worker.loop import Worker
 
 URL = "http://prefect.invalid/api"
 NOW = 1_700_000_000.0
@@ -158,7 +158,7 @@ def test_an_entry_left_behind_is_an_unexpected_exit_recorded_with_its_time(
 _CHILD = """
 import sys, time
 from pathlib import Path
-from agent.registry import BUSY, Registry
+from agent.spool.registry import BUSY, Registry
 registry = Registry(Path(sys.argv[1]))
 registry.register("w1")
 registry.set_state(BUSY, "run-1")

@@ -1,4 +1,4 @@
-"""agent/environment.py: the flow run's environment and argv."""
+"""agent/core/environment.py: the flow run's environment and argv."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import pytest
 
-from agent.environment import FLOW_DEFAULTS, build_argv, build_env, python_path
+from agent.core.environment import FLOW_DEFAULTS, build_argv, build_env, python_path
 
 API_URL = "http://prefect.test:4200/api"
 RUN_ID = "3f1c0f9e-0000-4000-8000-000000000001"

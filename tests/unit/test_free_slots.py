@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.config import ApiSettings, PollerConfig
-from agent.poller import Poller
-from agent.spool import Spool
+from agent.poller.loop import Poller
+from agent.settings.config import ApiSettings, PollerConfig
+from agent.spool.moves import Spool
 from tests.unit.test_health import FakeClient, FakeRegistry
 
 

@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
-from agent.api import PrefectClient
-from agent.config import ApiSettings, PollerConfig
-from agent.errors import ApiError, AuthError, TransientApiError
-from agent.httpd import health_body
-from agent.jobvars import base_job_template
-from agent.poller import Poller
-from agent.registry import BUSY, DEAD, IDLE, Registry
-from agent.spool import CUR, Spool
+from agent.api.client import PrefectClient
+from agent.core.errors import ApiError, AuthError, TransientApiError
+from agent.core.jobvars import base_job_template
+from agent.observe.httpd import health_body
+from agent.poller.loop import Poller
+from agent.settings.config import ApiSettings, PollerConfig
+from agent.spool.moves import CUR, Spool
+from agent.spool.registry import BUSY, DEAD, IDLE, Registry
 
 URL = "http://prefect.invalid/api"
 ROOT = Path("/srv/agent/spool")

@@ -1,4 +1,4 @@
-"""agent/install.py: the configuration `agent local install` prints, read back by supervisor."""
+"""agent/cli/install.py: the configuration `agent local install` prints, read back by supervisor."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from supervisor.options import ClientOptions, ServerOptions
 from supervisor.process import Subprocess
 
 from agent import __version__
-from agent.install import InstallPlan, env_json, render, render_notice
+from agent.cli.install import InstallPlan, env_json, render, render_notice
 
 # Every argument and value below must come back exactly: each one breaks a naive writer
 # (configparser inline comments, %-expansion, shlex quoting, the env parser's quotes).

@@ -1,4 +1,4 @@
-"""agent/jobvars.py: the pool's job template, merging and checking job variables."""
+"""agent/core/jobvars.py: the pool's job template, merging and checking job variables."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from agent.errors import JobVariableError
-from agent.jobvars import (
+from agent.core.errors import JobVariableError
+from agent.core.jobvars import (
     BASE_JOB_TEMPLATE,
     base_job_template,
     labels_match,

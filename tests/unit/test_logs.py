@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent import logs
+from agent.observe import logs
 
 
 @pytest.fixture
@@ -24,19 +24,19 @@ def captured() -> Iterator[io.StringIO]:
 
 def test_text_line_has_role_pid_run_and_logger(captured: io.StringIO) -> None:
     logs.setup("INFO", "agent-worker_01", stream=captured)
-    log = logging.getLogger("agent.worker")
+    log = logging.getLogger("agent.worker.loop")
     log.info("outside")
     with logs.run_context("run-123"):
         log.info("inside %s", "a run")
     log.debug("hidden at INFO")
     first, second = captured.getvalue().splitlines()
-    assert first.endswith(f"INFO    agent-worker_01[{_pid()}] agent.worker: outside")
-    assert second.endswith(f"agent-worker_01[{_pid()}] run=run-123 agent.worker: inside a run")
+    assert first.endswith(f"INFO    agent-worker_01[{_pid()}] agent.worker.loop: outside")
+    assert second.endswith(f"agent-worker_01[{_pid()}] run=run-123 agent.worker.loop: inside a run")
 
 
 def test_json_lines_have_stable_keys(captured: io.StringIO) -> None:
     logs.setup("debug", "agent", "json", captured)
-    log = logging.getLogger("agent.poller")
+    log = logging.getLogger("agent.poller.loop")
     with logs.run_context("r-9"):
         log.debug("claimed %d", 1)
     try:
@@ -50,7 +50,7 @@ def test_json_lines_have_stable_keys(captured: io.StringIO) -> None:
     assert (lines[0]["level"], lines[0]["role"], lines[0]["logger"]) == (
         "DEBUG",
         "agent",
-        "agent.poller",
+        "agent.poller.loop",
     )
     assert lines[1]["flow_run_id"] is None
     assert "ValueError: boom" in lines[1]["exception"]

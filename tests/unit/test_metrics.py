@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agent import metrics
+from agent.observe import metrics
 
 
 @pytest.fixture
@@ -87,12 +87,12 @@ def test_counts_merge_across_processes_and_survive_their_death(tmp_path: Path) -
     """Two short-lived 'workers' each count; a third process renders the sum."""
     env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     count = (
-        "import os; from agent import metrics; "
+        "import os; from agent.observe import metrics; "
         "metrics.STARTED.inc(); metrics.mark_process_dead(os.getpid())"
     )
     for _ in range(2):
         subprocess.run([sys.executable, "-c", count], env=env, check=True)
-    show = "from agent import metrics; print(metrics.render().decode())"
+    show = "from agent.observe import metrics; print(metrics.render().decode())"
     out = subprocess.run(
         [sys.executable, "-c", show], env=env, check=True, capture_output=True, text=True
     ).stdout

@@ -12,15 +12,17 @@ from typing import Any
 
 import pytest
 
-from agent import defaults
-from agent.api import PrefectClient
-from agent.config import ApiSettings, PollerConfig
-from agent.errors import ApiError, AuthError, NotFoundError, TransientApiError
-from agent.jobvars import base_job_template
-from agent.outbox import STATE, Outbox, parse, pid_report, state_report
-from agent.poller import Poller
-from agent.registry import BUSY, DEAD, IDLE, Registry
-from agent.spool import CUR, Spool, read_json_object, read_poller_state
+from agent.api.client import PrefectClient
+from agent.api.outbox import STATE, Outbox, parse, pid_report, state_report
+from agent.core.errors import ApiError, AuthError, NotFoundError, TransientApiError
+from agent.core.jobvars import base_job_template
+from agent.poller.loop import Poller
+from agent.settings import defaults
+from agent.settings.config import ApiSettings, PollerConfig
+from agent.spool.files import read_json_object
+from agent.spool.locks import read_poller_state
+from agent.spool.moves import CUR, Spool
+from agent.spool.registry import BUSY, DEAD, IDLE, Registry
 
 URL = "http://prefect.invalid/api"
 DOWN = TransientApiError("get_scheduled_flow_runs", f"cannot reach {URL}")
@@ -251,7 +253,7 @@ def test_an_auth_error_is_not_an_outage_and_keeps_the_plain_backoff(
     def no_jitter(a: float, b: float) -> float:
         raise AssertionError("jitter outside an outage")
 
-    monkeypatch.setattr("agent.poller.random.uniform", no_jitter)
+    monkeypatch.setattr("agent.poller.loop.random.uniform", no_jitter)
     world.client.fail(AuthError("read_work_pool", "HTTP 401, the API key is wrong", 401))
     intervals = []
     for _ in range(8):
@@ -280,7 +282,7 @@ def test_the_interval_during_an_outage_is_jittered_within_the_cap(world: World) 
 def test_the_jitter_at_its_extremes_stays_bounded(
     world: World, monkeypatch: pytest.MonkeyPatch, factor: float
 ) -> None:
-    monkeypatch.setattr("agent.poller.random.uniform", lambda a, b: factor)
+    monkeypatch.setattr("agent.poller.loop.random.uniform", lambda a, b: factor)
     cap = world.poller.config.poll_interval_max
     world.poller.tick()
     world.client.fail(DOWN)

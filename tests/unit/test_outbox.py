@@ -1,4 +1,4 @@
-"""agent/outbox.py: reports kept on disk (real files in tmp_path) and delivered once to a
+"""agent/api/outbox.py: reports kept on disk (real files in tmp_path) and delivered once to a
 fake API client that keeps each flow run's state and records every call."""
 
 from __future__ import annotations
@@ -14,10 +14,8 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from agent.api import PrefectClient
-from agent.config import ApiSettings
-from agent.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
-from agent.outbox import (
+from agent.api.client import PrefectClient
+from agent.api.outbox import (
     LOGS,
     OUTBOX,
     PID,
@@ -31,13 +29,15 @@ from agent.outbox import (
     state_report,
     worth_keeping,
 )
+from agent.core.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
+from agent.settings.config import ApiSettings
 
 URL = "http://prefect.invalid/api"
 CRASHED = {"type": "CRASHED", "name": "Crashed", "message": "Flow run infrastructure died"}
 CANCELLED = {"type": "CANCELLED", "name": "Cancelled", "message": "Cancelled by agent worker w1"}
 ENTRIES = [
     {
-        "name": "agent.worker",
+        "name": "agent.worker.loop",
         "level": 20,
         "message": "Process started by worker w1",
         "timestamp": "2024-05-01T12:00:00+00:00",
@@ -378,7 +378,7 @@ def test_a_report_the_server_refuses_is_dropped_and_the_rest_go_on(
     after = outbox.put(pid_report(run_id(), "h:1", "worker w1"))
     api.errors["read_flow_run"] = error
     before = delivered(STATE)
-    with caplog.at_level(logging.INFO, logger="agent.outbox"):
+    with caplog.at_level(logging.INFO, logger="agent.api.outbox"):
         assert outbox.deliver(api) == 2
     assert not refused.exists() and not after.exists()
     assert api.named("set_flow_run_state") == []
@@ -435,7 +435,7 @@ def test_an_unusable_file_is_removed_with_an_error_and_blocks_nothing(
     bad = write_raw(outbox, "00000000000000000001-1-x-r.json", content)
     good = outbox.put(pid_report("r2", "h:2", "worker w1"))
     assert outbox.paths() == [bad, good]
-    with caplog.at_level(logging.ERROR, logger="agent.outbox"):
+    with caplog.at_level(logging.ERROR, logger="agent.api.outbox"):
         assert outbox.deliver(api) == 1  # the good one; the bad one is not counted
     assert not bad.exists() and not good.exists()
     assert api.calls == [

@@ -16,14 +16,15 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from agent import defaults, procid
-from agent.api import PrefectClient
-from agent.config import ApiSettings, PollerConfig
-from agent.errors import ApiError, NotFoundError, SpoolError, TransientApiError
-from agent.jobvars import base_job_template
-from agent.poller import Poller
-from agent.spec import JobSpec, loads
-from agent.spool import CUR, DONE, FAILED, NEW, RUNS, TMP, Spool
+from agent.api.client import PrefectClient
+from agent.core.errors import ApiError, NotFoundError, SpoolError, TransientApiError
+from agent.core.jobvars import base_job_template
+from agent.core.spec import JobSpec, loads
+from agent.poller.loop import Poller
+from agent.settings import defaults
+from agent.settings.config import ApiSettings, PollerConfig
+from agent.spool.moves import CUR, DONE, FAILED, NEW, RUNS, TMP, Spool
+from agent.worker import procid
 from tests.unit.test_health import FakeRegistry
 
 URL = "http://prefect.invalid/api"

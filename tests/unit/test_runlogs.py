@@ -1,4 +1,4 @@
-"""agent/runlogs.py with fake ``send`` callables: batching, bounds, failures, close."""
+"""agent/api/runlogs.py with fake ``send`` callables: batching, bounds, failures, close."""
 
 from __future__ import annotations
 
@@ -13,10 +13,10 @@ from typing import Any, cast
 import pytest
 from prometheus_client import REGISTRY
 
-from agent.api import PrefectClient
-from agent.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
-from agent.outbox import Outbox, logs_report
-from agent.runlogs import NoRunLogs, RunLogs, RunLogShipper, ship_to
+from agent.api.client import PrefectClient
+from agent.api.outbox import Outbox, logs_report
+from agent.api.runlogs import NoRunLogs, RunLogs, RunLogShipper, ship_to
+from agent.core.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
 
 RUN = str(uuid.uuid4())
 Entry = dict[str, Any]
@@ -156,7 +156,7 @@ def test_emit_never_blocks_while_send_hangs(make: Callable[..., RunLogShipper]) 
 def test_a_full_queue_drops_the_oldest_counts_and_warns_once(
     make: Callable[..., RunLogShipper], caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="agent.runlogs")
+    caplog.set_level(logging.DEBUG, logger="agent.api.runlogs")
     api = FakeApi()
     shipper = make(api, start=False, max_pending=5)
     before = dropped("queue_full")
@@ -186,7 +186,7 @@ def test_a_full_queue_drops_the_oldest_counts_and_warns_once(
 def test_transient_failures_then_recovery_deliver_everything_exactly_once(
     make: Callable[..., RunLogShipper], caplog: pytest.LogCaptureFixture, error: ApiError
 ) -> None:
-    caplog.set_level(logging.INFO, logger="agent.runlogs")
+    caplog.set_level(logging.INFO, logger="agent.api.runlogs")
     api = FakeApi(errors=[error, error, error])
     shipper = make(api, start=False, batch_size=3)
     lines = [f"line {i}" for i in range(7)]

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agent import configfile
-from agent.cli import cli
-from agent.errors import ConfigError
+from agent.cli.main import cli
+from agent.core.errors import ConfigError
+from agent.settings import configfile
 
 BASE_ENV = {
     k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "AGENT_", "SUPERVISOR"))

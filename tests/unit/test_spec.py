@@ -1,4 +1,4 @@
-"""agent/spec.py: the job spec file format."""
+"""agent/core/spec.py: the job spec file format."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from agent.errors import SpecError
-from agent.spec import SPEC_VERSION, JobSpec, dumps, loads
+from agent.core.errors import SpecError
+from agent.core.spec import SPEC_VERSION, JobSpec, dumps, loads
 
 RUN_ID = "3f1c0f9e-0000-4000-8000-000000000001"
 

@@ -1,4 +1,4 @@
-"""agent/spool.py (the spool's moves) and agent/registry.py (live workers)."""
+"""agent/spool/moves.py (the spool's moves) and agent/spool/registry.py (live workers)."""
 
 from __future__ import annotations
 
@@ -16,20 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from agent.errors import SpoolError
-from agent.registry import BACKOFF, BUSY, DEAD, IDLE, Registry
-from agent.spool import (
-    CUR,
-    DONE,
-    FAILED,
-    NEW,
-    RUNS,
-    STATE_DIRS,
-    TMP,
-    Lease,
-    Spool,
-    lock_poller,
-)
+from agent.core.errors import SpoolError
+from agent.spool.locks import lock_poller
+from agent.spool.moves import CUR, DONE, FAILED, NEW, RUNS, STATE_DIRS, TMP, Lease, Spool
+from agent.spool.registry import BACKOFF, BUSY, DEAD, IDLE, Registry
 
 StrPath = str | os.PathLike[str]
 
@@ -164,7 +154,7 @@ def test_write_ahead_on_full_disk_is_a_spool_error_leaving_nothing(
     def disk_full(*args: object) -> int:
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(f"agent.spool.os.{failing}", disk_full)
+    monkeypatch.setattr(f"agent.spool.moves.os.{failing}", disk_full)
     with pytest.raises(SpoolError, match="r1") as info:
         spool.write_ahead("r1", b"data" * 1000)
     monkeypatch.undo()
@@ -250,7 +240,7 @@ def test_take_skips_a_spec_renamed_away_between_listing_and_rename(
             real_rename(src, spool.dir(CUR) / "raced.json")
         real_rename(src, dst)
 
-    monkeypatch.setattr("agent.spool.os.rename", rename_after_another_worker)
+    monkeypatch.setattr("agent.spool.moves.os.rename", rename_after_another_worker)
     lease = take(spool, leases)
     assert raced == [str(spool.dir(NEW) / "raced.json")]
     assert lease is not None
@@ -267,7 +257,7 @@ def test_take_returns_none_when_the_only_spec_vanishes_before_rename(
         os.unlink(src)
         real_rename(src, dst)
 
-    monkeypatch.setattr("agent.spool.os.rename", rename_after_removal)
+    monkeypatch.setattr("agent.spool.moves.os.rename", rename_after_removal)
     assert take(spool, leases) is None
 
 
@@ -401,7 +391,7 @@ def test_worker_without_state_file_counts_as_busy(tmp_path: Path, registry: Regi
 _CHILD = """
 import sys, time
 from pathlib import Path
-from agent.registry import Registry
+from agent.spool.registry import Registry
 Registry(Path(sys.argv[1])).register("child")
 print("ready", flush=True)
 time.sleep(60)

@@ -1,4 +1,4 @@
-"""A full disk under the spool, injected: the OS calls agent/spool.py makes fail with
+"""A full disk under the spool, injected: the OS calls agent/spool/moves.py makes fail with
 ENOSPC (after storing part of the data, as a filling disk does). Whatever fails, a spec
 is never half-written where anyone reads it, nothing is left behind for ever, the error
 says in plain words what is wrong, and the spec stays where it is picked up again once
@@ -19,23 +19,15 @@ from typing import Any
 
 import pytest
 
-from agent import spool as spool_module
-from agent.api import PrefectClient
-from agent.config import ApiSettings, PollerConfig
-from agent.errors import SpoolError
-from agent.jobvars import base_job_template
-from agent.poller import Poller
-from agent.spool import (
-    CUR,
-    DONE,
-    FAILED,
-    NEW,
-    STATE_DIRS,
-    TMP,
-    Lease,
-    Spool,
-    replace_file_durably,
-)
+from agent.api.client import PrefectClient
+from agent.core.errors import SpoolError
+from agent.core.jobvars import base_job_template
+from agent.poller.loop import Poller
+from agent.settings.config import ApiSettings, PollerConfig
+from agent.spool import files as spool_files
+from agent.spool import moves as spool_module
+from agent.spool.files import read_json_object, replace_file_durably
+from agent.spool.moves import CUR, DONE, FAILED, NEW, STATE_DIRS, TMP, Lease, Spool
 from tests.unit.test_health import FakeRegistry
 
 NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
@@ -85,14 +77,14 @@ def taken(spool: Spool, leases: list[Lease], run_id: str = "r1") -> Lease:
 
 def fail_fsync_of(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
     """Make fsync of ``folder`` (a directory) fail with ENOSPC; other fsyncs work."""
-    real = spool_module._fsync_dir
+    real = spool_files.fsync_dir
 
     def fsync_dir(path: Path) -> None:
         if path == folder:
             raise enospc()
         real(path)
 
-    monkeypatch.setattr(spool_module, "_fsync_dir", fsync_dir)
+    monkeypatch.setattr(spool_module, "fsync_dir", fsync_dir)
 
 
 # -- write_ahead -------------------------------------------------------------------------
@@ -102,7 +94,7 @@ def test_write_ahead_disk_full_mid_file_raises_and_leaves_no_partial_spec(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = FillingDisk(room=4096)
-    monkeypatch.setattr("agent.spool.os.write", disk)
+    monkeypatch.setattr("agent.spool.files.os.write", disk)
     with pytest.raises(SpoolError) as info:
         spool.write_ahead("r1", SPEC)
     monkeypatch.undo()
@@ -120,7 +112,7 @@ def test_write_ahead_disk_full_mid_file_raises_and_leaves_no_partial_spec(
 def test_write_ahead_after_the_disk_had_filled_writes_the_whole_spec(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.spool.os.write", FillingDisk(room=100))
+    monkeypatch.setattr("agent.spool.files.os.write", FillingDisk(room=100))
     with pytest.raises(SpoolError):
         spool.write_ahead("r1", SPEC)
     monkeypatch.undo()
@@ -147,7 +139,7 @@ def test_probe_of_a_full_disk_says_so_and_leaves_no_probe_file(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert spool.probe() is None
-    monkeypatch.setattr("agent.spool.os.write", FillingDisk(room=0))
+    monkeypatch.setattr("agent.spool.files.os.write", FillingDisk(room=0))
     error = spool.probe()
     monkeypatch.undo()
     # Health shows it as "spool <root>: cannot write: No space left on device".
@@ -166,7 +158,7 @@ def test_probe_of_a_disk_with_no_inodes_left_says_so(
             raise enospc()  # what creat(2) says when the inode table is full
         return real_open(path, flags, mode, **kwargs)
 
-    monkeypatch.setattr("agent.spool.os.open", no_inodes)
+    monkeypatch.setattr("agent.spool.files.os.open", no_inodes)
     assert spool.probe() == "cannot write: No space left on device"
     monkeypatch.undo()
     assert entries(spool, TMP) == []
@@ -183,7 +175,7 @@ def test_publish_refused_for_want_of_space_keeps_the_whole_spec_in_tmp(
     def link(src: Any, dst: Any, **kwargs: Any) -> None:
         raise enospc()  # a directory that needs a new block to hold the name
 
-    monkeypatch.setattr("agent.spool.os.link", link)
+    monkeypatch.setattr("agent.spool.moves.os.link", link)
     with pytest.raises(SpoolError) as info:
         spool.publish("r1")
     monkeypatch.undo()
@@ -230,7 +222,7 @@ def test_disk_full_while_writing_the_note_keeps_the_spec_in_cur_for_adoption(
     retire, state, note = RETIRE[move]
     lease = taken(spool, leases)
     disk = FillingDisk(room=10)
-    monkeypatch.setattr("agent.spool.os.write", disk)
+    monkeypatch.setattr("agent.spool.files.os.write", disk)
     with pytest.raises(SpoolError) as info:
         retire(spool, lease)
     monkeypatch.undo()
@@ -240,7 +232,7 @@ def test_disk_full_while_writing_the_note_keeps_the_spec_in_cur_for_adoption(
     assert everything(spool) == {**{s: [] for s in STATE_DIRS}, CUR: ["r1.json"]}
     assert spool.read(CUR, "r1") == SPEC
     # The lease is released: the next worker adopts the run (and does not start it again
-    # if it ran: see agent/adopt.py), then retires it once there is space.
+    # if it ran: see agent/worker/adopt.py), then retires it once there is space.
     assert lease.fd == -1
     adopted = spool.adopt()
     assert adopted is not None
@@ -258,7 +250,7 @@ def test_disk_full_at_the_move_to_done_keeps_the_spec_in_cur(
     def rename(src: Any, dst: Any, **kwargs: Any) -> None:
         raise enospc()
 
-    monkeypatch.setattr("agent.spool.os.rename", rename)
+    monkeypatch.setattr("agent.spool.moves.os.rename", rename)
     with pytest.raises(SpoolError, match=f"cannot move flow run r1 to done/: .*{NO_SPACE}"):
         spool.finish(lease, "completed")
     monkeypatch.undo()
@@ -279,7 +271,7 @@ def test_disk_full_when_cancelling_a_waiting_run_leaves_it_waiting(
 ) -> None:
     spool.write_ahead("r1", SPEC)
     spool.publish("r1")
-    monkeypatch.setattr("agent.spool.os.write", FillingDisk(room=0))
+    monkeypatch.setattr("agent.spool.files.os.write", FillingDisk(room=0))
     with pytest.raises(SpoolError, match=f"cannot move flow run r1 to done/: .*{NO_SPACE}"):
         spool.cancel_waiting("r1", "Cancelled before it started")
     monkeypatch.undo()
@@ -299,7 +291,7 @@ def test_replace_file_durably_on_a_full_disk_leaves_the_old_file_and_no_temp_fil
 ) -> None:
     path = tmp_path / "w1.json"
     replace_file_durably(path, b'{"state": "idle"}')
-    monkeypatch.setattr("agent.spool.os.write", FillingDisk(room=5))
+    monkeypatch.setattr("agent.spool.files.os.write", FillingDisk(room=5))
     with pytest.raises(OSError) as info:
         replace_file_durably(path, b'{"state": "busy", "flow_run_id": "r1"}')
     monkeypatch.undo()
@@ -317,7 +309,7 @@ def test_replace_file_durably_whose_rename_fails_leaves_no_temp_file(
     def replace(src: Any, dst: Any, **kwargs: Any) -> None:
         raise enospc()
 
-    monkeypatch.setattr("agent.spool.os.replace", replace)
+    monkeypatch.setattr("agent.spool.moves.os.replace", replace)
     with pytest.raises(OSError):
         replace_file_durably(path, b"new")
     monkeypatch.undo()
@@ -388,7 +380,7 @@ def world(tmp_path: Path) -> World:
 def test_a_full_spool_claims_nothing_says_why_and_resumes_by_itself(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("agent.spool.os.write", FillingDisk(room=0))
+    monkeypatch.setattr("agent.spool.files.os.write", FillingDisk(room=0))
     for _ in range(3):
         world.poller.tick()
     assert world.client.claims == []  # the due run was seen, and not claimed
@@ -408,7 +400,7 @@ def test_a_spec_too_big_for_the_space_left_is_not_claimed(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Room for the probe's byte, not for the spec: the write-ahead fails, before the claim.
-    monkeypatch.setattr("agent.spool.os.write", FillingDisk(room=1))
+    monkeypatch.setattr("agent.spool.files.os.write", FillingDisk(room=1))
     world.poller.tick()
     monkeypatch.undo()
     assert world.client.claims == []
@@ -429,7 +421,7 @@ def test_a_claim_whose_publish_failed_is_published_once_space_returns(
         raise enospc()
 
     # The disk fills between the claim and the publish.
-    monkeypatch.setattr("agent.spool.os.link", link)
+    monkeypatch.setattr("agent.spool.moves.os.link", link)
     world.poller.tick()
     assert len(world.client.claims) == 1
     reason = world.spool_reason()
@@ -437,11 +429,11 @@ def test_a_claim_whose_publish_failed_is_published_once_space_returns(
     assert f"cannot publish spec for flow run {world.client.run_id}: " in reason
     assert NO_SPACE in reason
     # And stays full: reconcile finds the claim ours and cannot publish it either.
-    monkeypatch.setattr("agent.spool.os.write", FillingDisk(room=0))
+    monkeypatch.setattr("agent.spool.files.os.write", FillingDisk(room=0))
     world.poller.tick()
     assert len(world.client.claims) == 1
     assert world.spool.run_ids(TMP) == [world.client.run_id]
-    assert spool_module.read_json_object(world.spool.dir(TMP) / f"{world.client.run_id}.json")
+    assert read_json_object(world.spool.dir(TMP) / f"{world.client.run_id}.json")
     assert entries(world.spool, NEW) == []
     assert world.spool_reason() == f"spool {world.spool.root}: cannot write: {NO_SPACE}"
 

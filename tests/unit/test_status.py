@@ -1,4 +1,4 @@
-"""agent/status.py: the `agent status` snapshot, its table and its exit code.
+"""agent/cli/status.py: the `agent status` snapshot, its table and its exit code.
 
 Spools are built with the real Spool and Registry code; live and dead workers and
 pollers are child processes holding (or having held) the real flocks.
@@ -18,12 +18,13 @@ from typing import Any
 
 import pytest
 
-from agent.errors import SpoolError
-from agent.registry import Registry
-from agent.shim import write_status
-from agent.spec import JobSpec, dumps
-from agent.spool import DONE, FAILED, NEW, Lease, Spool, write_poller_state
-from agent.status import EXIT_DEGRADED, EXIT_OK, OUTCOMES, age, collect, exit_code, render_table
+from agent.cli.status import EXIT_DEGRADED, EXIT_OK, OUTCOMES, age, collect, exit_code, render_table
+from agent.core.errors import SpoolError
+from agent.core.spec import JobSpec, dumps
+from agent.spool.locks import write_poller_state
+from agent.spool.moves import DONE, FAILED, NEW, Lease, Spool
+from agent.spool.registry import Registry
+from agent.worker.shim import write_status
 
 NOW = 1_700_000_000.0
 SECRET = "s3cr3t-env-value"
@@ -36,8 +37,9 @@ ROOT_DOCS = Path(__file__).resolve().parents[2] / "docs" / "status.md"
 _CHILD = """
 import sys, time
 from pathlib import Path
-from agent.registry import BUSY, Registry
-from agent.spool import Spool, lock_poller
+from agent.spool.registry import BUSY, Registry
+from agent.spool.moves import Spool
+from agent.spool.locks import lock_poller
 root = Path(sys.argv[1])
 keep = []
 for action in sys.argv[2:]:

@@ -16,15 +16,15 @@ from typing import Any
 
 import pytest
 
-from agent import defaults
-from agent.api import PrefectClient
-from agent.config import ApiSettings, WorkerConfig
-from agent.errors import ApiError, AuthError, NotFoundError, TransientApiError
-from agent.outbox import PID, STATE, Outbox, Report
-from agent.registry import Registry
-from agent.spec import JobSpec, dumps
-from agent.spool import CUR, DONE, NEW, RUNS, Spool
-from agent.worker import Worker
+from agent.api.client import PrefectClient
+from agent.api.outbox import PID, STATE, Outbox, Report
+from agent.core.errors import ApiError, AuthError, NotFoundError, TransientApiError
+from agent.core.spec import JobSpec, dumps
+from agent.settings import defaults
+from agent.settings.config import ApiSettings, WorkerConfig
+from agent.spool.moves import CUR, DONE, NEW, RUNS, Spool
+from agent.spool.registry import Registry
+from agent.worker.loop import Worker
 from tests.unit.test_cancel import ChildHandle, ChildLauncher, outcome, spool_run
 
 URL = "http://prefect.invalid/api"
@@ -151,7 +151,7 @@ def test_waits_while_the_api_cannot_be_reached_then_starts_the_flow(
     spool: Spool, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = ScriptedClient([DOWN, DOWN, DOWN, "PENDING"], after="COMPLETED")
-    with caplog.at_level(logging.INFO, logger="agent.worker"):
+    with caplog.at_level(logging.INFO, logger="agent.worker.loop"):
         run_id, launcher = run_once(spool, client)
     assert len(launcher.handles) == 1
     assert launcher.reads_at_start == [4]  # started only once the run could be read

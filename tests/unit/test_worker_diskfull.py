@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from agent import defaults
-from agent.config import ApiSettings, WorkerConfig
-from agent.errors import SpoolError
-from agent.registry import Registry
-from agent.spool import CUR, DONE, Lease, Spool
-from agent.worker import Worker
+from agent.core.errors import SpoolError
+from agent.settings import defaults
+from agent.settings.config import ApiSettings, WorkerConfig
+from agent.spool.moves import CUR, DONE, Lease, Spool
+from agent.spool.registry import Registry
+from agent.worker.loop import Worker
 from tests.unit.test_cancel import POOL, URL, ChildLauncher, WorkerClient, outcome, spool_run
 
 

@@ -6,19 +6,21 @@ import logging
 import os
 from typing import Any
 
-from agent import backend_config, metrics
-from agent.api import PrefectClient
-from agent.config import ApiSettings, PollerConfig, WorkerConfig
-from agent.errors import ApiError, ConfigError
-from agent.httpd import AgentHTTPServer
-from agent.launcher import ShimLauncher
-from agent.outbox import Outbox, logs_report
-from agent.poller import Poller
-from agent.registry import Registry
-from agent.runlogs import NoRunLogs, RunLogs, ship_to
-from agent.spool import Spool, lock_poller
-from agent.supervision import start_group
-from agent.worker import Worker
+from agent.api.client import PrefectClient
+from agent.api.outbox import Outbox, logs_report
+from agent.api.runlogs import NoRunLogs, RunLogs, ship_to
+from agent.core.errors import ApiError, ConfigError
+from agent.observe import metrics
+from agent.observe.httpd import AgentHTTPServer
+from agent.poller.loop import Poller
+from agent.poller.supervision import start_group
+from agent.settings import backend_config
+from agent.settings.config import ApiSettings, PollerConfig, WorkerConfig
+from agent.spool.locks import lock_poller
+from agent.spool.moves import Spool
+from agent.spool.registry import Registry
+from agent.worker.launcher import ShimLauncher
+from agent.worker.loop import Worker
 
 log = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent import __version__
-from agent.defaults import WORKER_GROUP
+from agent.settings.defaults import WORKER_GROUP
 
 POLLER = "agent"  # `supervisorctl start agent` must name this single process
 METRICS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 SUGGESTED_CONFIG = Path("/etc/local-agent/agent.toml")
-# The config file key that holds each secret (see agent/configfile.py).
+# The config file key that holds each secret (see agent/settings/configfile.py).
 _TOML_KEYS = {
     "PREFECT_API_KEY": "key",
     "PREFECT__CLOUD__AGENT__AUTH_TOKEN": "key",

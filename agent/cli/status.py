@@ -17,26 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from agent import defaults
-from agent.crashloop import window_text
-from agent.errors import SpecError, SpoolError
-from agent.registry import BACKOFF, DEAD, Registry
-from agent.shim import STATUS_FILE
-from agent.spec import loads
-from agent.spool import (
-    CUR,
-    DONE,
-    FAILED,
-    NEW,
-    POLLER_STATE,
-    RUNS,
-    SUFFIX,
-    Spool,
-    is_locked,
-    poller_alive,
-    read_json_object,
-    read_poller_state,
-)
+from agent.core.crashloop import window_text
+from agent.core.errors import SpecError, SpoolError
+from agent.core.spec import loads
+from agent.settings import defaults
+from agent.spool.files import read_json_object
+from agent.spool.locks import POLLER_STATE, is_locked, poller_alive, read_poller_state
+from agent.spool.moves import CUR, DONE, FAILED, NEW, RUNS, SUFFIX, Spool
+from agent.spool.registry import BACKOFF, DEAD, Registry
+from agent.worker.shim import STATUS_FILE
 
 SCHEMA = 1
 WINDOW = 3600.0  # "finished in the last hour"

@@ -17,14 +17,15 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from agent import configfile, defaults, logs
-from agent.config import (
+from agent.core.errors import ConfigError
+from agent.observe import logs
+from agent.settings import configfile, defaults
+from agent.settings.config import (
     parse_agent_address,
     parse_env_pairs,
     parse_env_vars_value,
     parse_labels_value,
 )
-from agent.errors import ConfigError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
-from agent import defaults
+from agent.settings import defaults
 
 # Never passed from the worker's own environment to a flow run: supervisor's and
 # prometheus_client's plumbing, the agent's own settings (which may hold its token),

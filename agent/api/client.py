@@ -30,9 +30,10 @@ from tenacity import (
     wait_random,
 )
 
-from agent import defaults, metrics
-from agent.config import ApiSettings
-from agent.errors import ApiError, AuthError, NotFoundError, TransientApiError
+from agent.core.errors import ApiError, AuthError, NotFoundError, TransientApiError
+from agent.observe import metrics
+from agent.settings import defaults
+from agent.settings.config import ApiSettings
 
 log = logging.getLogger(__name__)
 

@@ -16,8 +16,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.launcher import ExitStatus
-from agent.procid import ProcessId
+from agent.worker.launcher import ExitStatus
+from agent.worker.procid import ProcessId
 
 LOST_MESSAGE = "ended while no agent process watched it (exit status unknown)"
 

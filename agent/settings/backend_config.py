@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from agent.config import PollerConfig, agent_labels
-from agent.errors import ConfigError, NotFoundError
+from agent.core.errors import ConfigError, NotFoundError
+from agent.settings.config import PollerConfig, agent_labels
 
 if TYPE_CHECKING:
-    from agent.api import PrefectClient
+    from agent.api.client import PrefectClient
 
 # key -> (expected kind for the message, check). Dashes and underscores are the same key.
 _KINDS: dict[str, str] = {

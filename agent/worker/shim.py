@@ -1,6 +1,6 @@
 """The per-run shim: parent of one flow run process, like Podman's conmon.
 
-Started by a worker in a new session, as ``python -I -m agent.shim``, it starts the
+Started by a worker in a new session, as ``python -I -m agent.worker.shim``, it starts the
 flow run, copies its output to a bounded log (and, with --echo, to its own stdout
 with a prefix), and when the flow ends writes the exit status atomically to
 ``status.json``. It does not depend on the worker: if the worker dies, the flow and
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import BinaryIO
 
-from agent.procid import identify
+from agent.worker.procid import identify
 
 STATUS_FILE = "status.json"
 LOG_FILE = "output.log"
@@ -124,7 +124,7 @@ def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool)
 
 
 def main(args: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="agent.shim")
+    parser = argparse.ArgumentParser(prog="agent.worker.shim")
     parser.add_argument("--run-dir", type=Path, required=True)
     parser.add_argument("--max-bytes", type=int, required=True)
     parser.add_argument("--prefix", default="")

@@ -27,10 +27,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent import metrics
-from agent.api import FINAL_STATE_TYPES, PrefectClient
-from agent.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
-from agent.spool import read_json_object, replace_file_durably
+from agent.api.client import FINAL_STATE_TYPES, PrefectClient
+from agent.core.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
+from agent.observe import metrics
+from agent.spool.files import read_json_object, replace_file_durably
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@
     failed/ refused: unreadable spec or another pool; ``<id>.reason`` says why
     runs/<id>/ the run's output log and exit status (not a state folder); ``cancel``
                there asks the worker running it to stop it (see `request_cancel`)
-    outbox/ reports the API could not take yet (agent/outbox.py; not specs)
+    outbox/ reports the API could not take yet (agent/api/outbox.py; not specs)
 
 This module is the only code that moves spec files. Legal moves:
 tmp->new (publish), tmp->gone (discard), new->cur (take), cur->cur (adopt: a new
@@ -27,9 +27,9 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from agent.errors import SpoolError
+from agent.core.errors import SpoolError
+from agent.spool.files import fsync_dir, read_json_object, replace_file_durably, write_file_durably
 
 log = logging.getLogger(__name__)
 
@@ -37,47 +37,6 @@ TMP, NEW, CUR, DONE, FAILED, RUNS = "tmp", "new", "cur", "done", "failed", "runs
 STATE_DIRS = (TMP, NEW, CUR, DONE, FAILED)
 SUFFIX = ".json"
 CANCEL_FILE = "cancel"  # in runs/<id>/: the poller asks the run's worker to stop it
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_file_durably(path: Path, data: bytes) -> None:
-    """Create ``path`` exclusively, owner-only, write every byte, fsync, close."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
-    except BaseException:
-        # A partial file must go even if close fails too (some filesystems report a
-        # full disk at close).
-        with contextlib.suppress(OSError):
-            os.close(fd)
-        path.unlink(missing_ok=True)
-        raise
-    os.close(fd)
-
-
-def replace_file_durably(path: Path, data: bytes) -> None:
-    """Atomically replace ``path`` (write a temp name beside it, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    write_file_durably(tmp, data)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        # The temp name carries our pid: no other process would ever remove it.
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 @dataclass
@@ -179,7 +138,7 @@ class Spool:
         try:
             path.unlink(missing_ok=True)  # a leftover of ours for the same run
             write_file_durably(path, data)
-            _fsync_dir(path.parent)
+            fsync_dir(path.parent)
         except OSError as exc:
             # Not durable, so no claim is made with it: leave nothing for reconcile.
             with contextlib.suppress(OSError):
@@ -196,7 +155,7 @@ class Spool:
                 # file). Linking it again would hand the run to a second worker.
                 log.warning("flow run %s was published already; dropping its tmp copy", run_id)
                 src.unlink()
-                _fsync_dir(src.parent)
+                fsync_dir(src.parent)
                 return
             os.link(src, dst)
         except FileExistsError:
@@ -207,12 +166,12 @@ class Spool:
         # raised. The tmp copy goes whatever the syncs say: once a worker has taken the
         # spec from new/, reconcile would publish a copy left here a second time.
         try:
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
         except OSError as exc:
             log.warning("flow run %s published, but new/ could not be synced: %s", run_id, exc)
         try:
             src.unlink()
-            _fsync_dir(src.parent)
+            fsync_dir(src.parent)
         except OSError as exc:
             log.warning("flow run %s published, but tmp cleanup failed: %s", run_id, exc)
 
@@ -246,7 +205,7 @@ class Spool:
                 os.close(fd)
                 raise SpoolError(f"cannot take spec for flow run {run_id}: {exc}") from exc
             try:
-                _fsync_dir(dst.parent)
+                fsync_dir(dst.parent)
                 data = os.pread(fd, 1 << 24, 0)
             except OSError as exc:
                 os.close(fd)
@@ -327,7 +286,7 @@ class Spool:
         try:
             try:
                 write_file_durably(path, note)
-                _fsync_dir(path.parent)
+                fsync_dir(path.parent)
             except FileExistsError:
                 if self.cancel_requested(run_id, claim):
                     return False
@@ -357,7 +316,7 @@ class Spool:
                 lease.path.unlink()
             else:
                 os.rename(lease.path, dst)
-            _fsync_dir(dst.parent)
+            fsync_dir(dst.parent)
         except OSError as exc:
             raise SpoolError(f"cannot move flow run {lease.run_id} to {state}/: {exc}") from exc
         finally:
@@ -378,84 +337,3 @@ def _outcome_note(outcome: str, reason: str | None = None) -> bytes:
     if reason:
         body["reason"] = reason
     return json.dumps(body).encode()
-
-
-POLLER_LOCK = "poller.lock"
-POLLER_STATE = "poller.json"
-
-
-def hold_lock(path: Path, wait: float = 1.0) -> int | None:
-    """Take an exclusive flock on ``path`` for the caller's life (returns the fd), or None
-    if a live process holds it. Liveness probes (``is_locked``) hold a shared lock for an
-    instant, so retry briefly before deciding someone else has it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + wait
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return fd
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                os.close(fd)
-                return None
-            time.sleep(0.01)
-
-
-def is_locked(path: Path) -> bool:
-    """True while some live process holds ``path``'s flock (the kernel drops it at death)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)  # closing drops our probe lock, if we got it
-    return False
-
-
-def lock_poller(root: Path) -> int:
-    """One poller per spool: hold ``poller.lock`` for the process's life (returns the fd)."""
-    fd = hold_lock(root / POLLER_LOCK)
-    if fd is None:
-        raise SpoolError(f"another poller is already using spool {root}")
-    return fd
-
-
-def poller_alive(root: Path) -> bool:
-    return is_locked(root / POLLER_LOCK)
-
-
-def write_poller_state(root: Path, state: dict[str, object]) -> None:
-    """What the poller last did, for `agent status`. Replaced atomically but not fsynced:
-    it is written every poll and losing the last copy in a power cut costs nothing."""
-    path = root / POLLER_STATE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        view = memoryview(json.dumps(state, sort_keys=True).encode())
-        while view:  # a nearly full disk can take part of a write
-            view = view[os.write(fd, view) :]
-    except BaseException:
-        os.close(fd)
-        tmp.unlink(missing_ok=True)  # never a truncated copy in place of the last good one
-        raise
-    os.close(fd)
-    os.replace(tmp, path)
-
-
-def read_json_object(path: Path) -> dict[str, Any] | None:
-    """A JSON object from one of the agent's small state files, or None if it is missing,
-    half-written or not an object: readers never fail on another process's file."""
-    try:
-        body = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return None
-    return body if isinstance(body, dict) else None
-
-
-def read_poller_state(root: Path) -> dict[str, Any] | None:
-    """The poller's last state file, or None if missing or unreadable."""
-    return read_json_object(root / POLLER_STATE)

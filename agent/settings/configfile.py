@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.errors import ConfigError
-from agent.logs import FORMATS, LEVELS
+from agent.core.errors import ConfigError
+from agent.observe.logs import FORMATS, LEVELS
 
 Check = Callable[[Any], bool]
 

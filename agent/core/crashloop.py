@@ -1,10 +1,10 @@
 """Crash-loop policy: how long a restarted worker waits before it takes runs. Pure.
 
 Supervisor restarts a worker that dies after its ``startsecs`` at once and for ever. The
-registry records the time of each unexpected exit of a worker id (agent/registry.py);
+registry records the time of each unexpected exit of a worker id (agent/spool/registry.py);
 from these times and the clock this module says how many fall within the window and
 how long the new process waits: nothing below the threshold, then ``first_delay``
-doubling with each further exit, capped at ``max_delay`` (defaults in agent/defaults.py,
+doubling with each further exit, capped at ``max_delay`` (defaults in agent/settings/defaults.py,
 with the reasons for their values).
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agent import defaults
+from agent.settings import defaults
 
 
 @dataclass(frozen=True)

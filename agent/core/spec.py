@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agent.errors import SpecError
+from agent.core.errors import SpecError
 
 SPEC_VERSION = 1
 _REQUIRED = ("flow_run_id", "pool", "transition_id", "agent_name")

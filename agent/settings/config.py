@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from agent import defaults
-from agent.crashloop import Policy
-from agent.errors import ConfigError
+from agent.core.crashloop import Policy
+from agent.core.errors import ConfigError
+from agent.settings import defaults
 
 
 @dataclass(frozen=True)

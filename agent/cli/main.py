@@ -14,18 +14,8 @@ from typing import Any, TypeVar
 
 import click
 
-from agent import __version__, defaults, logs
-from agent.config import (
-    ApiSettings,
-    PollerConfig,
-    WorkerConfig,
-    agent_labels,
-    default_worker_id,
-    parse_api_url,
-)
-from agent.crashloop import Policy
-from agent.errors import RET_CONFIG, ConfigError, SpoolError
-from agent.options import (
+from agent import __version__
+from agent.cli.options import (
     auth_string,
     cloud_logs,
     common_options,
@@ -34,6 +24,18 @@ from agent.options import (
     source,
     spool_option,
     worker_options,
+)
+from agent.core.crashloop import Policy
+from agent.core.errors import RET_CONFIG, ConfigError, SpoolError
+from agent.observe import logs
+from agent.settings import defaults
+from agent.settings.config import (
+    ApiSettings,
+    PollerConfig,
+    WorkerConfig,
+    agent_labels,
+    default_worker_id,
+    parse_api_url,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -135,7 +137,10 @@ def _stranded_after(value: str | None) -> float:
 @_fail_on_config_error
 def start(ctx: click.Context, /, print_config: bool, **params: Any) -> None:
     """Poll the pool, claim due flow runs and hand them to the workers."""
-    from agent.run import resolve_backend_config, run_poller  # late: --help needs no prometheus
+    from agent.cli.wiring import (  # late: --help needs no prometheus
+        resolve_backend_config,
+        run_poller,
+    )
 
     logs.setup(params["log_level"], "agent", params["log_format"])
     config = poller_config(ctx, params)
@@ -213,7 +218,7 @@ def _src(ctx: click.Context, param: str, backend: set[str], key: str | None = No
 @_fail_on_config_error
 def worker(ctx: click.Context, /, **p: Any) -> None:
     """Take claimed runs from the spool, one at a time, and run each as a subprocess."""
-    from agent.run import run_worker
+    from agent.cli.wiring import run_worker
 
     logs.setup(
         p["log_level"], os.environ.get("SUPERVISOR_PROCESS_NAME") or "worker", p["log_format"]
@@ -341,7 +346,7 @@ def install(ctx: click.Context, /, **p: Any) -> None:
     workers' options, and where to put things. Secrets are never written: the API key
     or auth string belong in the --config file or supervisord's environment.
     """
-    from agent.install import InstallPlan, env_json, render, render_notice
+    from agent.cli.install import InstallPlan, env_json, render, render_notice
 
     omitted = []
     if p["key"] and source(ctx, "key") in ("flag", "env"):
@@ -398,7 +403,7 @@ def install(ctx: click.Context, /, **p: Any) -> None:
 def status(config_file: Path | None, spool: Path, as_json: bool) -> None:
     """What this host's agent is doing now: poller, workers, runs waiting, running and
     finished in the last hour. Exit 0 if the poller and every worker are alive, 3 if not."""
-    from agent import status as status_
+    from agent.cli import status as status_
 
     snapshot = status_.collect(spool)
     if as_json:

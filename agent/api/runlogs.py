@@ -20,9 +20,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from agent import metrics
-from agent.api import PrefectClient
-from agent.errors import ApiError, TransientApiError
+from agent.api.client import PrefectClient
+from agent.core.errors import ApiError, TransientApiError
+from agent.observe import metrics
 
 log = logging.getLogger(__name__)
 

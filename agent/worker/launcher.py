@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from agent import shim
-from agent.procid import ProcessId
-from agent.spool import read_json_object
+from agent.spool.files import read_json_object
+from agent.worker import shim
+from agent.worker.procid import ProcessId
 
 
 @dataclass(frozen=True)
@@ -116,7 +116,7 @@ class ShimHandle:
 class ShimLauncher:
     def __init__(self, max_log_bytes: int, python: str = sys.executable) -> None:
         self.max_log_bytes = max_log_bytes
-        self.python = python  # the agent's interpreter, which can import agent.shim
+        self.python = python  # the agent's interpreter, which can import agent.worker.shim
 
     def start(
         self,
@@ -132,7 +132,7 @@ class ShimLauncher:
             self.python,
             "-I",
             "-m",
-            "agent.shim",
+            "agent.worker.shim",
             "--run-dir",
             str(run_dir),
             "--max-bytes",

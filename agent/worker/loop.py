@@ -8,7 +8,7 @@ Before a flow starts the worker reads its run: one that is final or Cancelling a
 settled without starting, and while the API cannot be reached nothing is started (the
 flow's engine could not report) until it answers again. A report the API cannot take
 (Crashed, Cancelled, Failed, the infrastructure pid) is kept in the spool's outbox for
-the poller to deliver once it can (agent/outbox.py).
+the poller to deliver once it can (agent/api/outbox.py).
 
 Cancellation: while it waits, the worker looks for the poller's request
 (``runs/<id>/cancel``, written when Prefect shows the run Cancelling). It then sends
@@ -29,12 +29,11 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from agent import defaults, metrics
-from agent.adopt import LOST_MESSAGE, Found, classify
-from agent.api import FINAL_STATE_TYPES, PrefectClient, is_final, parse_api_time
-from agent.config import WorkerConfig
-from agent.environment import build_argv, build_env
-from agent.errors import (
+from agent.api.client import FINAL_STATE_TYPES, PrefectClient, is_final, parse_api_time
+from agent.api.outbox import Outbox, Report, pid_report, state_report, worth_keeping
+from agent.api.runlogs import NoRunLogs, RunLogs
+from agent.core.environment import build_argv, build_env
+from agent.core.errors import (
     RET_OK,
     ApiError,
     JobVariableError,
@@ -42,14 +41,16 @@ from agent.errors import (
     SpecError,
     SpoolError,
 )
-from agent.jobvars import validate_job_variables
-from agent.launcher import ExitStatus, Launcher, RunHandle, read_status, signal_run
-from agent.logs import run_context
-from agent.outbox import Outbox, Report, pid_report, state_report, worth_keeping
-from agent.registry import BUSY, IDLE, Registry
-from agent.runlogs import NoRunLogs, RunLogs
-from agent.spec import JobSpec, loads
-from agent.spool import RUNS, Lease, Spool
+from agent.core.jobvars import validate_job_variables
+from agent.core.spec import JobSpec, loads
+from agent.observe import metrics
+from agent.observe.logs import run_context
+from agent.settings import defaults
+from agent.settings.config import WorkerConfig
+from agent.spool.moves import RUNS, Lease, Spool
+from agent.spool.registry import BUSY, IDLE, Registry
+from agent.worker.adopt import LOST_MESSAGE, Found, classify
+from agent.worker.launcher import ExitStatus, Launcher, RunHandle, read_status, signal_run
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +135,7 @@ class Worker:
         worker_id = self.config.worker_id
         # An entry left by the previous process with this id means it exited unexpectedly
         # (killed, or an error out of this loop): counted, and after too many of them in a
-        # short time this process starts in backoff (agent/crashloop.py).
+        # short time this process starts in backoff (agent/core/crashloop.py).
         joined = self.registry.register(worker_id, self.config.crash_loop)
         crashes = metrics.WORKER_CRASHES.labels(worker_id)  # exported at 0 from the start
         if joined.crashed:

@@ -9,7 +9,7 @@ A clean exit (stopped by a signal, or asked to stop) removes both files. So when
 worker registers and its id's ``.json`` is still there, the id's previous process exited
 unexpectedly (killed, or an error out of its loop): its time goes into
 ``workers/<id>.exits`` (the id's recent unexpected exits, kept for the crash-loop
-window), and when agent/crashloop.py says so the new process starts in ``backoff``:
+window), and when agent/core/crashloop.py says so the new process starts in ``backoff``:
 alive, but taking no runs until its wait is over. A worker that was asked to stop and
 was then killed anyway (supervisor's SIGKILL after stopwaitsecs, a second SIGTERM)
 marked its entry ``stopping`` first: that exit is not counted.
@@ -27,10 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent import defaults
-from agent.crashloop import Policy, Verdict, assess, describe, recent
-from agent.errors import SpoolError
-from agent.spool import hold_lock, is_locked, read_json_object, replace_file_durably
+from agent.core.crashloop import Policy, Verdict, assess, describe, recent
+from agent.core.errors import SpoolError
+from agent.settings import defaults
+from agent.spool.files import read_json_object, replace_file_durably
+from agent.spool.locks import hold_lock, is_locked
 
 IDLE, BUSY, BACKOFF, DEAD = "idle", "busy", "backoff", "dead"
 

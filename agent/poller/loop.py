@@ -9,7 +9,7 @@ makes one attempt per call, backs off (doubling, with jitter, up to the poll int
 cap) and probes ``GET /health`` every second meanwhile, so polling resumes within about
 two seconds of the API's return (or at once on /api/poke). Claims stop meanwhile;
 reports the workers and the poller could not send wait in the spool's outbox and go
-first when the API answers again (agent/outbox.py).
+first when the API answers again (agent/api/outbox.py).
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from datetime import UTC, datetime, timedelta
 from types import FrameType
 from typing import Any
 
-from agent import __version__, backend_config, defaults, metrics
-from agent.api import PrefectClient, parse_api_time
-from agent.backoff import next_poll_interval
-from agent.claim import Claim, interpret, is_our_pending, pending_state
-from agent.config import PollerConfig
-from agent.errors import (
+from agent import __version__
+from agent.api.client import PrefectClient, parse_api_time
+from agent.api.outbox import Outbox, state_report, worth_keeping
+from agent.api.runlogs import NoRunLogs, RunLogs
+from agent.core.backoff import next_poll_interval
+from agent.core.claim import Claim, interpret, is_our_pending, pending_state
+from agent.core.errors import (
     RET_OK,
     ApiError,
     ConfigError,
@@ -41,20 +42,22 @@ from agent.errors import (
     SpoolError,
     TransientApiError,
 )
-from agent.jobvars import (
+from agent.core.jobvars import (
     base_job_template,
     labels_match,
     merge_job_variables,
     parse_labels,
     template_defaults,
 )
-from agent.logs import run_context
-from agent.outbox import Outbox, state_report, worth_keeping
-from agent.procid import runs_flow
-from agent.registry import BUSY, IDLE, Registry
-from agent.runlogs import NoRunLogs, RunLogs
-from agent.spec import JobSpec, dumps, loads
-from agent.spool import CUR, NEW, RUNS, TMP, Spool, write_poller_state
+from agent.core.spec import JobSpec, dumps, loads
+from agent.observe import metrics
+from agent.observe.logs import run_context
+from agent.settings import backend_config, defaults
+from agent.settings.config import PollerConfig
+from agent.spool.locks import write_poller_state
+from agent.spool.moves import CUR, NEW, RUNS, TMP, Spool
+from agent.spool.registry import BUSY, IDLE, Registry
+from agent.worker.procid import runs_flow
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from agent.errors import JobVariableError
+from agent.core.errors import JobVariableError
 
 _OPTIONAL_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}
 

@@ -1,0 +1,2 @@
+"""Configuration, built once from flags, environment, config file and backend variable,
+then passed down as frozen dataclasses."""
