@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agent.api.client import PrefectClient, is_final
+from agent.api.client import PrefectClient
 from agent.core.jobvars import base_job_template
 from agent.settings.config import ApiSettings
 
@@ -73,6 +73,31 @@ def create_run(
     return str(run["id"])
 
 
+FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+
+def read_run(client: PrefectClient, run_id: str) -> dict[str, Any]:
+    """A flow run as the API returns it (raw JSON): for tests and ops scripts, which
+    look at fields the agent itself never reads."""
+    body: dict[str, Any] = client.request("read_flow_run", "GET", f"/flow_runs/{run_id}")
+    return body
+
+
+def set_state(
+    client: PrefectClient, run_id: str, state: dict[str, Any], force: bool = False
+) -> dict[str, Any]:
+    """Propose a state as another worker or the UI would (raw JSON answer)."""
+    body = {"state": state, "force": force}
+    path = f"/flow_runs/{run_id}/set_state"
+    answer: dict[str, Any] = client.request("set_flow_run_state", "POST", path, body)
+    return answer
+
+
+def pending_state(transition_id: str) -> dict[str, Any]:
+    """The Pending a claim proposes (as lifecycle.pending builds it)."""
+    return {"type": "PENDING", "name": "Pending", "state_details": {"transition_id": transition_id}}
+
+
 def wait_final(
     client: PrefectClient, run_ids: list[str], timeout: float = 120.0
 ) -> dict[str, dict[str, Any]]:
@@ -80,9 +105,10 @@ def wait_final(
     deadline = time.monotonic() + timeout
     states: dict[str, dict[str, Any]] = {}
     while True:
-        runs = client.filter_flow_runs({"flow_runs": {"id": {"any_": run_ids}}})
+        body = {"flow_runs": {"id": {"any_": run_ids}}}
+        runs = client.request("filter_flow_runs", "POST", "/flow_runs/filter", body)
         states = {r["id"]: r.get("state") or {} for r in runs}
-        if all(is_final({"state": states.get(i)}) for i in run_ids):
+        if all((states.get(i) or {}).get("type") in FINAL for i in run_ids):
             return states
         if time.monotonic() > deadline:
             return states

@@ -1,9 +1,10 @@
-#!/usr/bin/env python3
 """Benchmark local-agent against Prefect's own process worker, in one run, on one
 Prefect server and one machine.
 
-    python ops/benchmark.py [--runs 20] [--concurrency 2] [--idle 20] [--keep]
+    python -m ops.benchmark [--runs 20] [--concurrency 2] [--idle 20] [--keep]
                             [--prefect-query-seconds 1] [--timeout S]
+
+(from the repository's root)
 
 Starts a real Prefect server (own PREFECT_HOME, loopback), then:
 
@@ -43,18 +44,16 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(REPO), str(REPO / "examples")]
+import requests
 
-import demo  # noqa: E402
-import requests  # noqa: E402
-
-from agent import __version__ as agent_version  # noqa: E402
-from agent.api.client import PrefectClient  # noqa: E402
-from agent.settings import defaults  # noqa: E402
-from agent.settings.config import ApiSettings  # noqa: E402
-from tests.integration.harness import (  # noqa: E402
+from agent import __version__ as agent_version
+from agent.api.client import PrefectClient
+from agent.settings import defaults
+from agent.settings.config import ApiSettings
+from examples import demo
+from tests.integration.harness import (
     BIN,
+    REPO,
     Procs,
     Supervisor,
     free_port,
@@ -533,7 +532,8 @@ class World:
         done = time.time()
         result.burst = sampler.window(result.submitted_at, done)
         result.shims = sampler.shims_cpu(result.submitted_at, done)
-        result.runs = self.client.filter_flow_runs({"flow_runs": {"id": {"any_": ids}}})
+        body = {"flow_runs": {"id": {"any_": ids}}}
+        result.runs = self.client.request("filter_flow_runs", "POST", "/flow_runs/filter", body)
         for run_id in ids:
             path = f"/flow_run_states/?flow_run_id={run_id}"
             states = self.client.request("states", "GET", path)
@@ -680,7 +680,10 @@ def machine() -> list[str]:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(
+        prog="python -m ops.benchmark",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
     parser.add_argument("--runs", type=int, default=20, help="flow runs per side (default 20)")
     parser.add_argument(
         "--concurrency", type=int, default=2, help="runs at once per side (default 2)"

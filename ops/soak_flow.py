@@ -1,4 +1,5 @@
-"""The flow that ops/soak.py deploys: record one execution, then sleep a little.
+"""The flow that the soak (``python -m ops.soak``) deploys: record one execution, then
+sleep a little.
 
 It runs under the agent like any deployment (the deployment's pull step makes this
 directory the working directory, and the engine imports ``soak_flow.py:soak``).

@@ -127,7 +127,9 @@ down() {
     for env in /proc/[0-9]*/environ; do
         pid="${env#/proc/}"; pid="${pid%/environ}"
         [ "$pid" = "$$" ] && continue
-        if tr '\0' '\n' <"$env" 2>/dev/null | grep -qxF "AGENT_RUN_DIR=$AGENT_RUN_DIR"; then
+        # Others' processes (Permission denied) and ones that just ended (No such process)
+        # are not the demo's: the group's 2>/dev/null also covers the < redirection.
+        if { tr '\0' '\n' <"$env"; } 2>/dev/null | grep -qxF "AGENT_RUN_DIR=$AGENT_RUN_DIR"; then
             left="$left $pid"
         fi
     done

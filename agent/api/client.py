@@ -14,8 +14,8 @@ import email.utils
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from datetime import UTC, datetime
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
@@ -30,7 +30,15 @@ from tenacity import (
     wait_random,
 )
 
-from agent.core.errors import ApiError, AuthError, NotFoundError, TransientApiError
+from agent.api import parse
+from agent.core.errors import (
+    ApiError,
+    ApiShapeError,
+    AuthError,
+    NotFoundError,
+    TransientApiError,
+)
+from agent.core.states import Deployment, FlowRun, StateAnswer, WorkPool
 from agent.observe import metrics
 from agent.settings import defaults
 from agent.settings.config import ApiSettings
@@ -38,7 +46,6 @@ from agent.settings.config import ApiSettings
 log = logging.getLogger(__name__)
 
 TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
-FINAL_STATE_TYPES = frozenset({"COMPLETED", "FAILED", "CANCELLED", "CRASHED"})
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
@@ -202,27 +209,34 @@ class PrefectClient:
             raise ApiError(call, f"HTTP {status}: {server_reason(response)}", status)
         if status == 204 or not response.content:
             return None
-        return response.json()
+        try:
+            return response.json()
+        except ValueError:
+            # A proxy, captive portal or wrong port answering 200: not a crash, an error
+            # that says what the URL reaches.
+            metrics.API_ERRORS.labels(call, "not_prefect").inc()
+            kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no JSON"
+            raise ApiShapeError(
+                call, f"{self.settings.url} does not look like a Prefect API: got {kind}", status
+            ) from None
 
     # -- calls -----------------------------------------------------------------------
 
     def health(self) -> bool:
         return bool(self.request("health", "GET", "/health"))
 
-    def read_work_pool(self, name: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request("read_work_pool", "GET", f"/work_pools/{name}")
-        return result
+    def read_work_pool(self, name: str) -> WorkPool:
+        return parse.work_pool(
+            "read_work_pool", self.request("read_work_pool", "GET", f"/work_pools/{name}")
+        )
 
-    def create_work_pool(
-        self, name: str, pool_type: str, template: dict[str, Any]
-    ) -> dict[str, Any]:
+    def create_work_pool(self, name: str, pool_type: str, template: dict[str, Any]) -> WorkPool:
         body = {"name": name, "type": pool_type, "base_job_template": template}
-        result: dict[str, Any] = self.request("create_work_pool", "POST", "/work_pools/", body)
-        return result
+        return parse.work_pool(
+            "create_work_pool", self.request("create_work_pool", "POST", "/work_pools/", body)
+        )
 
-    def ensure_work_pool(
-        self, name: str, pool_type: str, template: dict[str, Any]
-    ) -> dict[str, Any]:
+    def ensure_work_pool(self, name: str, pool_type: str, template: dict[str, Any]) -> WorkPool:
         """Read the pool, creating it when missing (a 409 means another agent won)."""
         try:
             return self.read_work_pool(name)
@@ -247,36 +261,32 @@ class PrefectClient:
         scheduled_before: datetime,
         work_queues: Iterable[str] = (),
         limit: int | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> list[FlowRun]:
         body: dict[str, Any] = {"scheduled_before": scheduled_before.isoformat()}
         queues = list(work_queues)
         if queues:
             body["work_queue_names"] = queues
         if limit is not None:
             body["limit"] = limit
+        call = "get_scheduled_flow_runs"
         path = f"/work_pools/{pool}/get_scheduled_flow_runs"
-        result: list[dict[str, Any]] = self.request("get_scheduled_flow_runs", "POST", path, body)
-        return result
+        return parse.scheduled_runs(call, self.request(call, "POST", path, body))
 
-    def read_deployment(self, deployment_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = self.request(
-            "read_deployment", "GET", f"/deployments/{deployment_id}"
-        )
-        return result
+    def read_deployment(self, deployment_id: str) -> Deployment:
+        call = "read_deployment"
+        return parse.deployment(call, self.request(call, "GET", f"/deployments/{deployment_id}"))
 
-    def read_flow_run(self, flow_run_id: str, deadline: float | None = None) -> dict[str, Any]:
-        path = f"/flow_runs/{flow_run_id}"
-        result: dict[str, Any] = self.request("read_flow_run", "GET", path, deadline=deadline)
-        return result
+    def read_flow_run(self, flow_run_id: str, deadline: float | None = None) -> FlowRun:
+        call, path = "read_flow_run", f"/flow_runs/{flow_run_id}"
+        return parse.flow_run(call, self.request(call, "GET", path, deadline=deadline))
 
     def set_flow_run_state(
         self, flow_run_id: str, state: dict[str, Any], force: bool = False
-    ) -> dict[str, Any]:
-        """Propose a state; the answer's ``status`` is ACCEPT, REJECT, ABORT or WAIT."""
+    ) -> StateAnswer:
+        """Propose a state. Only the reporter (agent/api/reporter.py) calls this."""
         body = {"state": state, "force": force}
-        path = f"/flow_runs/{flow_run_id}/set_state"
-        result: dict[str, Any] = self.request("set_flow_run_state", "POST", path, body)
-        return result
+        call, path = "set_flow_run_state", f"/flow_runs/{flow_run_id}/set_state"
+        return parse.state_answer(call, self.request(call, "POST", path, body))
 
     def update_flow_run_labels(self, flow_run_id: str, labels: dict[str, str]) -> None:
         self.request("update_flow_run_labels", "PATCH", f"/flow_runs/{flow_run_id}/labels", labels)
@@ -290,37 +300,22 @@ class PrefectClient:
         flow_run_id, task_run_id)."""
         self.request("create_logs", "POST", "/logs/", entries, deadline)
 
-    def read_variable(self, name_or_id: str) -> dict[str, Any]:
+    def read_variable(self, name_or_id: str) -> Mapping[str, Any]:
         """A Prefect Variable by UUID or by name; NotFoundError if neither exists."""
         if _is_uuid(name_or_id):
             try:
-                found: dict[str, Any] = self.request(
-                    "read_variable", "GET", f"/variables/{name_or_id}"
-                )
-                return found
+                found = self.request("read_variable", "GET", f"/variables/{name_or_id}")
+                return parse.variable("read_variable", found)
             except NotFoundError:
                 pass  # a variable may also be *named* like a UUID
-        result: dict[str, Any] = self.request(
-            "read_variable", "GET", f"/variables/name/{quote(name_or_id, safe='')}"
-        )
-        return result
+        path = f"/variables/name/{quote(name_or_id, safe='')}"
+        return parse.variable("read_variable", self.request("read_variable", "GET", path))
 
-    def filter_flow_runs(self, body: dict[str, Any]) -> list[dict[str, Any]]:
-        result: list[dict[str, Any]] = self.request(
-            "filter_flow_runs", "POST", "/flow_runs/filter", body
-        )
-        return result
-
-
-def parse_api_time(value: object) -> float | None:
-    """Seconds since the epoch of an ISO 8601 time from the API (naive = UTC), or None."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    def filter_flow_runs(
+        self, body: dict[str, Any], call: str = "filter_flow_runs"
+    ) -> list[FlowRun]:
+        """``call`` names the look in metrics and fakes (stranded runs, cancellations)."""
+        return parse.flow_runs(call, self.request(call, "POST", "/flow_runs/filter", body))
 
 
 def _is_uuid(value: str) -> bool:
@@ -329,8 +324,3 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
-
-
-def is_final(flow_run: dict[str, Any]) -> bool:
-    state = flow_run.get("state") or {}
-    return state.get("type") in FINAL_STATE_TYPES

@@ -9,9 +9,9 @@ has it.
 
 Delivered once: a state report reads the run first and is dropped when the run already
 has that state type (a report the server took just before a crash, whose file was not
-yet deleted) or a final state the report must not replace (the engine's own Completed
-or Failed wins over a late Crashed or Cancelled). Only the poller delivers (it holds
-the spool's poller lock), so two deliveries never race. Log lines are the exception:
+yet deleted) or a state `lifecycle.supersedes` says it must not replace (the engine's own
+Completed or Failed wins over a late Crashed or Cancelled). Delivery is the reporter's
+(agent/api/reporter.py): this module is the store. Log lines are the exception:
 Prefect's log API has no idempotency key, so a crash between posting a batch and
 deleting its file would post that batch again.
 """
@@ -27,7 +27,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.api.client import FINAL_STATE_TYPES, PrefectClient
 from agent.core.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
 from agent.observe import metrics
 from agent.spool.files import read_json_object, replace_file_durably
@@ -38,9 +37,6 @@ OUTBOX = "outbox"
 VERSION = 1
 STATE, PID, LOGS = "state", "pid", "logs"
 KINDS = (STATE, PID, LOGS)
-# A forced report (Cancelled) replaces what the engine said on its way down (Crashed on
-# SIGTERM, Running), never an outcome the flow reached by itself.
-KEEP_WHEN_FORCED = ("COMPLETED", "FAILED", "CANCELLED")
 
 
 def worth_keeping(exc: ApiError) -> bool:
@@ -60,6 +56,7 @@ class Report:
     flow_run_id: str | None = None
     state: dict[str, Any] | None = None
     force: bool = False
+    settles: bool = True  # counted in agent_flow_runs_finished_total once delivered
     infrastructure_pid: str | None = None
     entries: list[dict[str, Any]] = field(default_factory=list)
     source: str = ""  # who made it, for the log: "worker w1", "poller"
@@ -77,19 +74,12 @@ class Report:
         body["created"] = self.created
         if self.kind == STATE:
             body.update(flow_run_id=self.flow_run_id, state=self.state, force=self.force)
+            body["settles"] = self.settles
         elif self.kind == PID:
             body.update(flow_run_id=self.flow_run_id, infrastructure_pid=self.infrastructure_pid)
         else:
             body["entries"] = self.entries
         return json.dumps(body).encode()
-
-
-def state_report(run_id: str, state: dict[str, Any], force: bool, source: str) -> Report:
-    return Report(STATE, run_id, state=state, force=force, source=source)
-
-
-def pid_report(run_id: str, infrastructure_pid: str, source: str) -> Report:
-    return Report(PID, run_id, infrastructure_pid=infrastructure_pid, source=source)
 
 
 def logs_report(entries: list[dict[str, Any]], source: str) -> Report:
@@ -117,7 +107,10 @@ def parse(body: dict[str, Any]) -> Report:
         if not isinstance(state, dict) or not isinstance(state.get("type"), str):
             raise ValueError("state is not an object with a type")
         force = body.get("force") is True
-        return Report(STATE, run_id, state=state, force=force, source=source, created=stamp)
+        settles = body.get("settles") is not False  # absent in files of earlier versions
+        return Report(
+            STATE, run_id, state=state, force=force, settles=settles, source=source, created=stamp
+        )
     if kind == PID:
         pid = body.get("infrastructure_pid")
         if not isinstance(pid, str):
@@ -175,60 +168,8 @@ class Outbox:
             except (ValueError, TypeError) as exc:
                 yield path, None, str(exc)
 
-    def deliver(self, client: PrefectClient) -> int:
-        """Send what waits, oldest first. Stops (raising) when the API is away or our
-        credential is refused: later reports would fail too. A report the server fails
-        on its own (a 500 for that one) stays and the rest go on, so that one report
-        cannot hold up the others, or the claims after them. Returns how many were done."""
-        done = 0
-        for path, report, problem in self.pending():
-            if report is None:
-                log.error("outbox file %s is unusable (%s): removed", path.name, problem)
-                _remove(path)
-                continue
-            try:
-                outcome = _deliver(client, report)
-            except ApiError as exc:
-                if isinstance(exc, (TransientApiError, AuthError)):
-                    log.info("outbox: %s still waits: %s", report.describe(), exc)
-                    raise
-                if worth_keeping(exc):
-                    log.error("outbox: %s failed, kept to retry: %s", report.describe(), exc)
-                    continue
-                outcome = f"dropped, the server refuses it: {exc}"
-            log.info("outbox: %s (from %s): %s", report.describe(), report.source, outcome)
-            metrics.OUTBOX_DELIVERED.labels(report.kind).inc()
-            _remove(path)
-            done += 1
-        return done
-
-
-def _deliver(client: PrefectClient, report: Report) -> str:
-    if report.kind == LOGS:
-        client.create_logs(report.entries)
-        return "sent"
-    assert report.flow_run_id is not None
-    if report.kind == PID:
-        assert report.infrastructure_pid is not None
-        client.set_infrastructure_pid(report.flow_run_id, report.infrastructure_pid)
-        return "sent"
-    assert report.state is not None
-    wanted = str(report.state["type"])
-    current = (client.read_flow_run(report.flow_run_id).get("state") or {}).get("type")
-    if current == wanted:
-        return f"not sent, the run is {current} already"
-    if current in FINAL_STATE_TYPES and (not report.force or current in KEEP_WHEN_FORCED):
-        return f"not sent, the run is {current}: kept"
-    answer = client.set_flow_run_state(report.flow_run_id, report.state, report.force)
-    status = answer.get("status")
-    if status == "ACCEPT":
-        return "sent"
-    now = (answer.get("state") or {}).get("type")
-    return f"not accepted ({status}); the run is {now}"
-
-
-def _remove(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError as exc:  # read-only spool: a state report delivered again is a no-op
-        log.warning("cannot remove outbox file %s: %s", path, exc)
+    def remove(self, path: Path) -> None:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:  # read-only spool: a state report delivered again is a no-op
+            log.warning("cannot remove outbox file %s: %s", path, exc)

@@ -32,6 +32,7 @@ _TOML_KEYS = {
     "PREFECT_API_KEY": "key",
     "PREFECT__CLOUD__AGENT__AUTH_TOKEN": "key",
     "PREFECT_API_AUTH_STRING": "auth-string",
+    "PREFECT_API_URL": "api",  # when it holds a password
 }
 # Line breaks for file reading or str.splitlines(), and NUL (no argv or env may hold it).
 _BREAKS = re.compile("[\n\r\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")

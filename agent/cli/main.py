@@ -27,6 +27,7 @@ from agent.cli.options import (
 )
 from agent.core.crashloop import Policy
 from agent.core.errors import RET_CONFIG, ConfigError, SpoolError
+from agent.core.redact import has_secret, redact_text
 from agent.observe import logs
 from agent.settings import defaults
 from agent.settings.config import (
@@ -36,6 +37,7 @@ from agent.settings.config import (
     agent_labels,
     default_worker_id,
     parse_api_url,
+    parse_pool_name,
 )
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -50,7 +52,7 @@ def _fail_on_config_error(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except (ConfigError, SpoolError) as exc:
-            click.echo(f"Error: {exc}", err=True)
+            click.echo(f"Error: {redact_text(str(exc))}", err=True)  # a URL may quote a password
             sys.exit(RET_CONFIG)
 
     return wrapper  # type: ignore[return-value]
@@ -89,7 +91,7 @@ def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
         api=api_settings(
             ctx, p["api"], p["key"], _or(p["api_retry_seconds"], defaults.API_RETRY_DEADLINE)
         ),
-        pool=p["pool"],
+        pool=parse_pool_name(p["pool"], _pool_source(ctx)),
         spool_dir=p["spool"],
         name=p["name"],
         work_queues=tuple(p["work_queues"]),
@@ -107,6 +109,13 @@ def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
         agent_config_id=p["agent_config_id"] or None,
         agent_config_refresh=p["agent_config_refresh"],
         stranded_after=_stranded_after(os.environ.get("AGENT_STRANDED_AFTER_SECONDS")),
+        crash_after_claim=os.environ.get("AGENT_TEST_CRASH_AFTER_CLAIM") == "1",
+    )
+
+
+def _pool_source(ctx: click.Context) -> str:
+    return {"flag": "--pool", "env": "AGENT_POOL", "file": "pool in the config file"}.get(
+        source(ctx, "pool"), "--pool"
     )
 
 
@@ -145,60 +154,12 @@ def start(ctx: click.Context, /, print_config: bool, **params: Any) -> None:
     logs.setup(params["log_level"], "agent", params["log_format"])
     config = poller_config(ctx, params)
     if print_config:
+        from agent.cli.describe import describe_config
+
         config, overridden = resolve_backend_config(config)
         click.echo(describe_config(ctx, config, overridden))
         return
     sys.exit(run_poller(config))
-
-
-def describe_config(ctx: click.Context, config: PollerConfig, backend: set[str]) -> str:
-    """One aligned line per setting: name, value, source. Env var values are hidden."""
-    auth, auth_source = auth_string(ctx, dict(os.environ))
-    addr = config.address
-    env_keys = ", ".join(f"{k}=..." for k in sorted(config.env_vars))
-    rows: list[tuple[str, str, str]] = [
-        ("api", config.api.url, source(ctx, "api")),
-        ("key", "(set)" if config.api.key else "(none)", source(ctx, "key")),
-        ("auth-string", "(set)" if auth else "(none)", auth_source),
-        ("pool", config.pool, source(ctx, "pool")),
-        ("spool", str(config.spool_dir), source(ctx, "spool")),
-        ("name", config.name, _src(ctx, "name", backend)),
-        ("labels", ", ".join(sorted(config.labels)) or "(none)", _src(ctx, "labels", backend)),
-        ("hostname-label", _bool(config.hostname_label), _src(ctx, "hostname_label", backend)),
-        ("env", env_keys or "(none)", _src(ctx, "env_pairs", backend, "env_vars")),
-        (
-            "import-paths",
-            ", ".join(config.import_paths) or "(none)",
-            _src(ctx, "import_paths", backend),
-        ),
-        (
-            "work-queues",
-            ", ".join(config.work_queues) or "(all)",
-            _src(ctx, "work_queues", backend),
-        ),
-        ("show-flow-logs", _bool(config.show_flow_logs), _src(ctx, "show_flow_logs", backend)),
-        ("cloud-logs", _bool(config.cloud_logs), source(ctx, "no_cloud_logs")),
-        ("agent-config-id", config.agent_config_id or "(none)", source(ctx, "agent_config_id")),
-        (
-            "agent-address",
-            f"http://{addr[0]}:{addr[1]}" if addr else "(none)",
-            source(ctx, "agent_address"),
-        ),
-        ("max-polls", str(config.max_polls or "(for ever)"), source(ctx, "max_polls")),
-        ("log-level", str(ctx.params["log_level"]), source(ctx, "log_level")),
-        ("log-format", str(ctx.params["log_format"]), source(ctx, "log_format")),
-    ]
-    width = max(len(r[0]) for r in rows)
-    vwidth = min(60, max(len(r[1]) for r in rows))
-    return "\n".join(f"{n:<{width}}  {v:<{vwidth}}  ({s})" for n, v, s in rows)
-
-
-def _bool(value: bool) -> str:
-    return "true" if value else "false"
-
-
-def _src(ctx: click.Context, param: str, backend: set[str], key: str | None = None) -> str:
-    return "backend" if (key or param) in backend else source(ctx, param)
 
 
 @cli.command()
@@ -231,7 +192,8 @@ def worker(ctx: click.Context, /, **p: Any) -> None:
         spool_dir=p["spool"],
         worker_id=p["worker_id"] or default_worker_id(os.environ),
         flow_python=p["flow_python"] or sys.executable,
-        pool=p["pool"],
+        # Empty: no filter, as before; a name is checked as the poller checks it.
+        pool=parse_pool_name(p["pool"], _pool_source(ctx)) if p["pool"] else None,
         flow_log_max_bytes=p["flow_log_max_bytes"],
         cancel_grace=p["cancel_grace_seconds"],
         crash_loop=Policy(
@@ -348,12 +310,17 @@ def install(ctx: click.Context, /, **p: Any) -> None:
     """
     from agent.cli.install import InstallPlan, env_json, render, render_notice
 
+    parse_pool_name(p["pool"], _pool_source(ctx))  # what `start` would refuse
     omitted = []
     if p["key"] and source(ctx, "key") in ("flag", "env"):
         omitted.append("PREFECT_API_KEY")
     if auth_string(ctx, dict(os.environ))[1] == "env":
         omitted.append("PREFECT_API_AUTH_STRING")
-    poller_args = to_argv(ctx, POLLER_PARAMS)
+    secret: tuple[str, ...] = ()
+    if p["api"] and has_secret(p["api"]) and source(ctx, "api") in ("flag", "env"):
+        omitted.append("PREFECT_API_URL")  # its password is a secret: not in `ps` either
+        secret = ("api",)
+    poller_args = to_argv(ctx, tuple(n for n in POLLER_PARAMS if n not in secret))
     if "--no-cloud-logs" not in poller_args and not cloud_logs(
         ctx, p["no_cloud_logs"], dict(os.environ)
     ):
@@ -367,7 +334,7 @@ def install(ctx: click.Context, /, **p: Any) -> None:
     plan = InstallPlan(
         agent_exe=agent_executable(),
         poller_args=(*poller_args, *tail),
-        worker_args=(*to_argv(ctx, WORKER_PARAMS), *tail),
+        worker_args=(*to_argv(ctx, tuple(n for n in WORKER_PARAMS if n not in secret)), *tail),
         poller_env=poller_env,
         workers=p["workers"],
         run_dir=run_dir,
@@ -419,5 +386,5 @@ def main() -> None:
     try:
         cli(prog_name="agent")
     except ConfigError as exc:
-        click.echo(f"Error: {exc}", err=True)
+        click.echo(f"Error: {redact_text(str(exc))}", err=True)
         sys.exit(RET_CONFIG)

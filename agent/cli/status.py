@@ -19,6 +19,7 @@ from typing import Any
 
 from agent.core.crashloop import window_text
 from agent.core.errors import SpecError, SpoolError
+from agent.core.redact import redact_text
 from agent.core.spec import loads
 from agent.settings import defaults
 from agent.spool.files import read_json_object
@@ -60,6 +61,11 @@ def _int(body: dict[str, Any], key: str) -> int | None:
 def _str(body: dict[str, Any], key: str) -> str | None:
     value = body.get(key)
     return value if isinstance(value, str) else None
+
+
+def _redacted(text: str | None) -> str | None:
+    """The poller's error may quote the API URL, and with it a password."""
+    return None if text is None else redact_text(text)
 
 
 def _strs(body: dict[str, Any], key: str) -> list[str] | None:
@@ -149,7 +155,7 @@ def _poller(root: Path, now: float) -> dict[str, Any]:
         "updated": _num(body, "updated"),
         "last_successful_poll": last_ok,
         "last_successful_poll_age_seconds": None if last_ok is None else round(now - last_ok, 3),
-        "last_error": _str(body, "last_error"),
+        "last_error": _redacted(_str(body, "last_error")),
     }
 
 

@@ -66,7 +66,8 @@ def run_poller(config: PollerConfig) -> int:
     poller.install_signal_handlers()
     server = None
     if config.address:
-        scrape = metrics.ScrapeTimeCollector(spool.depth, registry.counts, poller.outbox.count)
+        outbox = poller.s.reporter.outbox
+        scrape = metrics.ScrapeTimeCollector(spool.depth, registry.counts, outbox.count)
         try:
             server = AgentHTTPServer(
                 config.address, poller.health, poller.poke, lambda: metrics.render(scrape)

@@ -1,21 +1,27 @@
-"""Claiming a flow run (Scheduled -> Pending): the request and the reading of the answer.
+"""Claiming a flow run (Scheduled -> Pending): reading the server's answer. Pure.
 
-Pure functions: the poller does the I/O. See prefect3-protocol.md, step 5.
+See prefect3-protocol.md, step 5; the Pending itself is `lifecycle.pending`.
 """
 
 from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Any
+
+from agent.core.lifecycle import is_our_pending
+from agent.core.states import Answer, StateAnswer
 
 
 class Claim(enum.Enum):
     ACCEPTED = "accepted"  # the run is ours
     TAKEN = "taken"  # ABORT: another agent has it
     CONCURRENCY_LIMIT = "concurrency_limit"  # REJECT to AwaitingConcurrencySlot
-    REJECTED = "other"  # REJECT to some other state
+    REJECTED = "other"  # REJECT to some other state (e.g. CANCEL_NEW's Cancelled)
     WAIT = "wait"  # try again after delay
+
+
+# Label values of agent_claim_conflicts_total: every claim that did not take the run.
+CONFLICT_REASONS = (Claim.TAKEN.value, Claim.CONCURRENCY_LIMIT.value, Claim.REJECTED.value)
 
 
 @dataclass(frozen=True)
@@ -25,39 +31,18 @@ class ClaimResult:
     delay: float = 0.0
 
 
-def pending_state(transition_id: str) -> dict[str, Any]:
-    # Always the name "Pending": another name is accepted on top of an existing Pending.
-    return {
-        "type": "PENDING",
-        "name": "Pending",
-        "state_details": {"transition_id": transition_id},
-    }
-
-
-def is_our_pending(state: dict[str, Any] | None, transition_id: str) -> bool:
-    """The run's current state is the Pending we proposed (same transition id)."""
-    if not state or state.get("type") != "PENDING":
-        return False
-    return (state.get("state_details") or {}).get("transition_id") == transition_id
-
-
-def interpret(answer: dict[str, Any], transition_id: str) -> ClaimResult:
-    status = answer.get("status")
-    details = answer.get("details") or {}
-    reason = str(details.get("reason") or "")
-    state = answer.get("state") or {}
-    if status == "ACCEPT":
+def interpret(answer: StateAnswer, transition_id: str) -> ClaimResult:
+    state = answer.state
+    if answer.status is Answer.ACCEPT:
         return ClaimResult(Claim.ACCEPTED)
-    if status == "REJECT":
+    if answer.status is Answer.REJECT:
         # A retry of a claim whose reply was lost comes back REJECT with our own Pending.
         if is_our_pending(state, transition_id):
             return ClaimResult(Claim.ACCEPTED, "our earlier claim had succeeded")
-        name = state.get("name") or state.get("type") or "?"
+        name = (state.name or state.type or "?") if state else "?"
         if name == "AwaitingConcurrencySlot":
-            return ClaimResult(Claim.CONCURRENCY_LIMIT, reason or name)
-        return ClaimResult(Claim.REJECTED, reason or f"server chose state {name}")
-    if status == "WAIT":
-        return ClaimResult(Claim.WAIT, reason, float(details.get("delay_seconds") or 0.0))
-    if status == "ABORT":
-        return ClaimResult(Claim.TAKEN, reason or "claimed by another agent")
-    return ClaimResult(Claim.REJECTED, f"unexpected answer status {status!r}")
+            return ClaimResult(Claim.CONCURRENCY_LIMIT, answer.reason or name)
+        return ClaimResult(Claim.REJECTED, answer.reason or f"server chose state {name}")
+    if answer.status is Answer.WAIT:
+        return ClaimResult(Claim.WAIT, answer.reason, answer.delay)
+    return ClaimResult(Claim.TAKEN, answer.reason or "claimed by another agent")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Mapping, Sequence
 
+from agent.core.errors import JobVariableError
 from agent.settings import defaults
 
 # Never passed from the worker's own environment to a flow run: supervisor's and
@@ -15,6 +16,46 @@ _DROP_KEYS = frozenset({"PROMETHEUS_MULTIPROC_DIR", "PREFECT_API_KEY", "PREFECT_
 
 # Settings a flow run gets unless anything below sets them (see defaults.py for why).
 FLOW_DEFAULTS = {"PREFECT_CLIENT_MAX_RETRIES": defaults.FLOW_CLIENT_MAX_RETRIES}
+
+
+# -- what exec accepts: checked here so that a bad value fails its run, not the worker ----
+
+
+def text_problem(text: object) -> str | None:
+    """What keeps ``text`` from being an argv item, env name or value, or path; None if
+    nothing. The checks subprocess makes (os.fsencode, then C strings) before it forks."""
+    if not isinstance(text, str):
+        return f"a {type(text).__name__} instead of a string"
+    if "\0" in text:
+        return "a NUL byte in it"
+    try:
+        os.fsencode(text)
+    except UnicodeEncodeError:
+        return "characters that cannot be encoded"
+    return None
+
+
+def check_text(text: object, what: str) -> None:
+    """JobVariableError if ``text`` cannot reach exec. The message names ``what``, never
+    the text: it may be a secret."""
+    problem = text_problem(text)
+    if problem:
+        raise JobVariableError(f"{what} has {problem}")
+
+
+def check_env(env: Mapping[str, str], what: str) -> None:
+    """Names non-empty, without ``=``; names and values as :func:`text_problem` wants.
+    A bad name is shown; a value never, only its name."""
+    for name, value in env.items():
+        problem = text_problem(name)
+        if problem is None and not name:
+            problem = "nothing in it"
+        elif problem is None and "=" in name:
+            problem = "'=' in it"
+        if problem:
+            shown = f": {name!r}" if isinstance(name, str) else ""
+            raise JobVariableError(f"{what} has a name with {problem}{shown}")
+        check_text(value, f"{what}: the value of {name!r}")
 
 
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
@@ -54,7 +95,18 @@ def build_env(
     4. the run's ``env`` job variable;
     5. logging to the API off when the agent runs with --no-cloud-logs;
     6. what nothing may override: the API URL, the credential, the flow run id.
+
+    JobVariableError (naming the variable, never a value) when any of it cannot be
+    passed to exec.
     """
+    check_text(working_dir, "job variable `working_dir`")
+    for path in import_paths:
+        check_text(path, "agent setting `--import-path`")
+    check_env(agent_env, "agent setting `--env`")
+    check_env(run_env, "job variable `env`")
+    check_env(secret_env, "agent setting: the API credential")
+    check_text(api_url, "agent setting `--api`")
+    check_text(flow_run_id, "the flow run id")
     env = {**FLOW_DEFAULTS, **inherited_env(environ)}
     env["PYTHONPATH"] = python_path(working_dir, environ.get("PYTHONPATH"), import_paths)
     env.update(agent_env)
@@ -66,11 +118,17 @@ def build_env(
     env.update(secret_env)
     env["PREFECT_API_URL"] = api_url
     env["PREFECT__FLOW_RUN_ID"] = flow_run_id
+    check_env(env, "the worker's environment")  # what is left: the inherited variables
     return env
 
 
 def build_argv(command: Sequence[str] | None, python: str) -> list[str]:
-    """The ``command`` job variable when given, else the Prefect engine."""
+    """The ``command`` job variable when given, else the Prefect engine.
+
+    JobVariableError when an item cannot be passed to exec."""
     if command:
+        for item in command:
+            check_text(item, "job variable `command`")
         return list(command)
+    check_text(python, "agent setting `--flow-python`")
     return [python, "-m", "prefect.engine"]

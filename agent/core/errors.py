@@ -62,3 +62,8 @@ class AuthError(ApiError):
 
 class NotFoundError(ApiError):
     """404: the object (pool, queue, deployment, flow run) does not exist."""
+
+
+class ApiShapeError(ApiError):
+    """An answer that is not what the Prefect API sends (HTML, JSON of another shape):
+    the URL reaches something else, or a proxy is in the way. Not retried in a call."""

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.core.environment import check_env, check_text
 from agent.core.errors import JobVariableError
 
 _OPTIONAL_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}
@@ -71,12 +72,16 @@ def merge_job_variables(*layers: Mapping[str, Any] | None) -> dict[str, Any]:
     """Later layers win: ``env`` merges key by key, every other key is replaced.
 
     Call as ``merge_job_variables(pool_defaults, deployment_vars, flow_run_vars)``.
+    JobVariableError if a layer is neither an object nor None. The result shares nothing
+    with the layers.
     """
     merged: dict[str, Any] = {}
     for layer in layers:
+        if layer is not None and not isinstance(layer, Mapping):
+            raise JobVariableError(f"job variables must be an object, got {type(layer).__name__}")
         for key, value in (layer or {}).items():
             if key == "env" and isinstance(value, Mapping) and isinstance(merged.get("env"), dict):
-                merged["env"] = {**merged["env"], **value}
+                merged["env"] = {**merged["env"], **copy.deepcopy(dict(value))}
             else:
                 merged[key] = copy.deepcopy(value)
     return merged
@@ -103,7 +108,10 @@ def parse_labels(value: Any) -> frozenset[str]:
 
 
 def validate_job_variables(raw: Mapping[str, Any]) -> JobVariables:
-    """Type-check the merged job variables; the error names the variable at fault."""
+    """Type-check the merged job variables, and that each value can reach exec;
+    JobVariableError names the variable at fault (never an ``env`` value)."""
+    if not isinstance(raw, Mapping):
+        raise JobVariableError(f"job variables must be an object, got {type(raw).__name__}")
     command = raw.get("command")
     argv: tuple[str, ...] | None = None
     if command is not None:
@@ -111,6 +119,7 @@ def validate_job_variables(raw: Mapping[str, Any]) -> JobVariables:
             raise JobVariableError(
                 f"job variable `command` must be a string, got {type(command).__name__}"
             )
+        check_text(command, "job variable `command`")
         try:
             argv = tuple(shlex.split(command))
         except ValueError as exc:
@@ -121,11 +130,14 @@ def validate_job_variables(raw: Mapping[str, Any]) -> JobVariables:
         isinstance(k, str) and isinstance(v, str) for k, v in env.items()
     ):
         raise JobVariableError("job variable `env` must be a mapping of strings to strings")
+    check_env(env, "job variable `env`")
     working_dir = raw.get("working_dir")
     if working_dir is not None and not isinstance(working_dir, str):
         raise JobVariableError(
             f"job variable `working_dir` must be a string, got {type(working_dir).__name__}"
         )
+    if working_dir:
+        check_text(working_dir, "job variable `working_dir`")
     return JobVariables(
         command=argv,
         env=dict(env),

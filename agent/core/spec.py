@@ -55,13 +55,15 @@ def loads(data: bytes) -> JobSpec:
         raise SpecError("spec file is empty")
     try:
         body = json.loads(data)
-    except ValueError as exc:
+    except ValueError as exc:  # also bytes that are not UTF-8
         raise SpecError(f"spec file is not valid JSON (truncated?): {exc}") from None
+    except RecursionError:
+        raise SpecError("spec file is not a spec: JSON nested too deeply") from None
     if not isinstance(body, dict):
         raise SpecError("spec file does not hold a JSON object")
     run_id = body.get("flow_run_id") if isinstance(body.get("flow_run_id"), str) else None
     version = body.pop("version", None)
-    if version != SPEC_VERSION:
+    if type(version) is not int or version != SPEC_VERSION:  # true == 1 in Python
         raise SpecError(f"unknown spec version {version!r} (expected {SPEC_VERSION})", run_id)
     missing = [k for k in _REQUIRED if not isinstance(body.get(k), str) or not body[k]]
     if missing:

@@ -11,11 +11,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterable
-
-# prometheus_client writes its mmap files there from the first metric on; a missing
-# folder would crash every process at import, so create it (never empty it here).
-if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], mode=0o700, exist_ok=True)
+from typing import Any
 
 from prometheus_client import (
     REGISTRY,
@@ -28,6 +24,65 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+from agent.core.claim import CONFLICT_REASONS
+from agent.core.states import Outcome
+
+
+def _private_dirs(path: str) -> None:
+    """mkdir -p with every folder it creates 0700 (os.makedirs leaves parents 0777-umask)."""
+    parent = os.path.dirname(os.path.abspath(path))
+    if parent != path and not os.path.isdir(parent):
+        _private_dirs(parent)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(path, 0o700)
+
+
+# prometheus_client writes its mmap files there from the first metric on; a missing
+# folder would crash every process at the definitions below, so create it (never empty
+# it here).
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    _private_dirs(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+
+
+def multiprocess_dir() -> str | None:
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+
+
+def _private_files() -> None:
+    """prometheus_client creates this process's files with the umask's mode (0644): make
+    them 0600, as every file the agent creates."""
+    directory = multiprocess_dir()
+    if directory:
+        own = os.getpid()
+        for path, pid in _files(directory):
+            if pid == own:
+                with contextlib.suppress(OSError):
+                    os.chmod(path, 0o600)
+
+
+class _InfoGauge(Gauge):
+    """A Gauge whose series can be replaced in multiprocess mode too.
+
+    prometheus_client cannot delete a series from its files there, and warns (a
+    UserWarning at every poller start) on ``clear()``; the series it cannot delete are
+    set to 0 instead, so ``agent_info == 1`` is the current one.
+    """
+
+    def clear(self) -> None:
+        if not multiprocess_dir():
+            super().clear()
+            return
+        with self._lock:
+            children = list(self._metrics.values())
+        for child in children:
+            child.set(0)  # type: ignore[attr-defined]  # children are Gauges
+
+    def labels(self, *labelvalues: Any, **labelkwargs: Any) -> _InfoGauge:
+        child = super().labels(*labelvalues, **labelkwargs)
+        _private_files()  # the first series opens a file of its own (gauge_livemax_<pid>)
+        return child
+
 
 POLLS = Counter("agent_polls_total", "Polls of the Prefect API for scheduled flow runs")
 POLL_ERRORS = Counter("agent_poll_errors_total", "Polls that failed")
@@ -87,7 +142,7 @@ OUTBOX_DELIVERED = Counter(
     "Outbox reports delivered (or found needless) once the API answered, by kind",
     ["kind"],
 )
-INFO = Gauge(
+INFO = _InfoGauge(
     "agent_info",
     "Constant 1, labelled with the agent's version, name and pool",
     ["version", "name", "pool"],
@@ -102,6 +157,22 @@ WORKER_CRASHES = Counter(
     # Every worker exports its own at 0 from its start, so increase() sees the first exit.
     ["worker"],
 )
+
+
+# Every known label value starts at 0, so that increase() and rate() see the first event
+# (Prometheus practice). The values are those the code counts with (tests check each).
+OUTBOX_KINDS = ("state", "pid", "logs")  # agent.api.outbox's report kinds
+RUN_LOG_DROP_REASONS = ("queue_full", "rejected", "invalid", "shutdown")
+_KNOWN_LABELS: tuple[tuple[Counter, tuple[str, ...]], ...] = (
+    (CLAIM_CONFLICTS, CONFLICT_REASONS),
+    (FINISHED, tuple(o.value for o in Outcome)),
+    (RUN_LOGS_DROPPED, RUN_LOG_DROP_REASONS),
+    (OUTBOX_KEPT, OUTBOX_KINDS),
+    (OUTBOX_DELIVERED, OUTBOX_KINDS),
+)
+for _counter, _values in _KNOWN_LABELS:
+    for _value in _values:
+        _counter.labels(_value)
 
 
 class ScrapeTimeCollector(Collector):
@@ -131,10 +202,6 @@ class ScrapeTimeCollector(Collector):
         )
         outbox.add_metric([], self._outbox_size())
         return [spool, workers, outbox]
-
-
-def multiprocess_dir() -> str | None:
-    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
 
 
 def _files(directory: str) -> list[tuple[str, int]]:
@@ -204,3 +271,6 @@ def mark_process_dead(pid: int) -> None:
     """Drop a finished process's live gauges (counters and histograms keep counting)."""
     if multiprocess_dir():
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+_private_files()  # the files opened by the definitions above

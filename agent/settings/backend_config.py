@@ -13,7 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from agent.core.errors import ConfigError, NotFoundError
+from agent.core.environment import check_env, check_text
+from agent.core.errors import ConfigError, JobVariableError, NotFoundError
+from agent.core.redact import redact_url
 from agent.settings.config import PollerConfig, agent_labels
 
 if TYPE_CHECKING:
@@ -62,8 +64,9 @@ def fetch(client: PrefectClient, variable: str) -> BackendSettings:
     try:
         found = client.read_variable(variable)
     except NotFoundError:
+        where = redact_url(client.settings.url)
         raise ConfigError(
-            f"agent config variable {variable!r} does not exist on {client.settings.url} "
+            f"agent config variable {variable!r} does not exist on {where} "
             "(--agent-config-id takes a Prefect Variable's name or id)"
         ) from None
     return parse(found.get("value"), variable)
@@ -82,6 +85,8 @@ def parse(value: Any, variable: str) -> BackendSettings:
             value = json.loads(value)
         except ValueError as exc:
             raise ConfigError(f"{where} does not hold valid JSON: {exc}") from None
+        except RecursionError:
+            raise ConfigError(f"{where} does not hold valid JSON: nested too deeply") from None
     if not isinstance(value, dict):
         raise ConfigError(f"{where} must hold a JSON object, not {type(value).__name__}")
     fields: dict[str, Any] = {}
@@ -91,6 +96,14 @@ def parse(value: Any, variable: str) -> BackendSettings:
             raise ConfigError(f"{where}: unknown key {raw_key!r} (known keys: {', '.join(_KINDS)})")
         if not _valid(key, item):
             raise ConfigError(f"{where}: key {raw_key!r} must be {_KINDS[key]}")
+        try:  # env vars and import paths reach exec: refuse there what exec would refuse
+            if key == "env_vars":
+                check_env(item, f"{where}: key {raw_key!r}")
+            elif key == "import_paths":
+                for path in item:
+                    check_text(path, f"{where}: key {raw_key!r}")
+        except JobVariableError as exc:
+            raise ConfigError(str(exc)) from None
         fields[key] = tuple(item) if isinstance(item, list) else item
     return BackendSettings(**fields)
 

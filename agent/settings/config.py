@@ -17,7 +17,9 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from agent.core.crashloop import Policy
-from agent.core.errors import ConfigError
+from agent.core.environment import check_env
+from agent.core.errors import ConfigError, JobVariableError
+from agent.core.redact import redact_url
 from agent.settings import defaults
 
 
@@ -31,6 +33,13 @@ class ApiSettings:
     connect_timeout: float = defaults.API_CONNECT_TIMEOUT
     read_timeout: float = defaults.API_READ_TIMEOUT
     retry_deadline: float = defaults.API_RETRY_DEADLINE
+
+    def __repr__(self) -> str:
+        # The URL's userinfo may hold a password; the key and auth string are never shown.
+        return (
+            f"ApiSettings(url={redact_url(self.url)!r}, connect_timeout={self.connect_timeout!r},"
+            f" read_timeout={self.read_timeout!r}, retry_deadline={self.retry_deadline!r})"
+        )
 
     def secret_env(self) -> dict[str, str]:
         """The credential as the flow run's engine expects it in its environment."""
@@ -70,6 +79,9 @@ class PollerConfig:
     # A Pending/Running run of ours without a spec is acted on only once its state is
     # this old (hidden env var AGENT_STRANDED_AFTER_SECONDS; tests set 0).
     stranded_after: float = defaults.STRANDED_AFTER_SECONDS
+    # A fault seam for tests only (hidden env var AGENT_TEST_CRASH_AFTER_CLAIM=1): exit
+    # right after a claim is accepted, before its spec is published.
+    crash_after_claim: bool = False
 
 
 @dataclass(frozen=True)
@@ -93,35 +105,80 @@ class WorkerConfig:
 def parse_api_url(value: str | None) -> str:
     if not value:
         raise ConfigError("no Prefect API URL: pass -a/--api or set PREFECT_API_URL")
-    parts = urlsplit(value)
+    shown = redact_url(value)  # a password in the URL is never echoed
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        raise ConfigError(f"API URL {shown!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ConfigError(f"API URL {value!r} must look like http://HOST:PORT/api")
+        raise ConfigError(f"API URL {shown!r} must look like http://HOST:PORT/api")
+    if any(c.isspace() or not c.isprintable() for c in value):
+        raise ConfigError(f"API URL {shown!r} has spaces or control characters in it")
     return value.rstrip("/")
 
 
 def parse_agent_address(value: str) -> tuple[str, int]:
     """``http://HOST:PORT`` -> (host, port). Prefect 1 required the port; so do we."""
-    parts = urlsplit(value if "://" in value else f"http://{value}")
+    shown = redact_url(value)
+    try:
+        parts = urlsplit(value if "://" in value else f"http://{value}")
+    except ValueError:  # an unclosed IPv6 bracket, say
+        raise ConfigError(f"agent address {shown!r} must look like http://HOST:PORT") from None
     if parts.scheme != "http" or not parts.hostname:
-        raise ConfigError(f"agent address {value!r} must look like http://HOST:PORT")
+        raise ConfigError(f"agent address {shown!r} must look like http://HOST:PORT")
     try:
         port = parts.port
     except ValueError:
-        raise ConfigError(f"agent address {value!r} has an invalid port") from None
+        raise ConfigError(f"agent address {shown!r} has an invalid port") from None
     if port is None:
-        raise ConfigError(f"Must specify port in agent address {value!r} (http://HOST:PORT)")
+        raise ConfigError(f"Must specify port in agent address {shown!r} (http://HOST:PORT)")
     return parts.hostname, port
 
 
+# Prefect 3's rule for work pool names (prefect.types.names.NonEmptyishName): not empty
+# once quotes and spaces are stripped, and none of these (the server answers 422, or 405
+# for a "/" that splits the URL path).
+POOL_NAME_BANNED = "/&><"
+
+
+def parse_pool_name(value: str | None, source: str = "--pool") -> str:
+    """The work pool name, or ConfigError naming it and what is wrong with it."""
+    name = value or ""
+    if not name.strip("' \""):
+        raise ConfigError(f"work pool name {name!r} ({source}) is empty: give the pool's name")
+    banned = sorted({c for c in name if c in POOL_NAME_BANNED})
+    if banned:
+        listed = " ".join(banned)
+        raise ConfigError(
+            f"work pool name {name!r} ({source}) has {listed} in it, which Prefect refuses in "
+            f"a name ({' '.join(POOL_NAME_BANNED)})"
+        )
+    if not name.isprintable():
+        raise ConfigError(f"work pool name {name!r} ({source}) has control characters in it")
+    return name
+
+
+def _check_env(env: Mapping[str, str], source: str) -> None:
+    """What exec refuses (a name with '=', a NUL byte) is refused at start, by name."""
+    try:
+        check_env(env, source)
+    except JobVariableError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def parse_env_pairs(pairs: Sequence[str], source: str = "--env") -> dict[str, str]:
-    """``["K=V", ...]`` -> dict. The error names the key, never the value (it may be secret)."""
+    """``["K=V", ...]`` -> dict. The error names the setting and the key, never the value
+    or a piece without a key: either may be a secret."""
     result: dict[str, str] = {}
-    for pair in pairs:
+    for number, pair in enumerate(pairs, 1):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            shown = key if not sep else "(empty)"
-            raise ConfigError(f"{source} {shown!r}: expected KEY=VALUE")
+            which = f" (value {number} of {len(pairs)})" if len(pairs) > 1 else ""
+            why = "no '=' in it" if not sep else "nothing before the '='"
+            raise ConfigError(f"{source}{which}: expected KEY=VALUE, found {why}")
         result[key.strip()] = value
+    _check_env(result, source)
     return result
 
 
@@ -163,6 +220,7 @@ def parse_env_vars_value(value: str, source: str) -> dict[str, str]:
         ):
             # Do not echo the value: it may hold secrets.
             raise ConfigError(f"{source}: not a mapping of strings to strings")
+        _check_env(parsed, source)
         return dict(parsed)
     # A piece without "=" continues the previous value: "K=a,b" keeps its comma.
     pairs: list[str] = []

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.core.errors import ConfigError
+from agent.core.environment import check_env, check_text
+from agent.core.errors import ConfigError, JobVariableError
 from agent.observe.logs import FORMATS, LEVELS
 
 Check = Callable[[Any], bool]
@@ -44,9 +45,9 @@ def _str_list(v: Any) -> bool:
 
 
 def _str_map(v: Any) -> bool:
-    """An env table: names usable as environment variables, string values."""
+    """An env table of string values (its names are checked by :func:`_check_exec`)."""
     return isinstance(v, dict) and all(
-        isinstance(x, str) and k.strip() and "=" not in k for k, x in v.items()
+        isinstance(k, str) and isinstance(x, str) for k, x in v.items()
     )
 
 
@@ -102,6 +103,10 @@ def load(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the bytes itself
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc.reason}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} is not valid TOML: nested too deeply") from None
     return check(data, str(path))
 
 
@@ -119,8 +124,22 @@ def check(data: dict[str, Any], source: str) -> dict[str, Any]:
             raise ConfigError(
                 f"config file {source}: key {name!r} must be {key.kind}, not {_type_name(value)}"
             )
+        _check_exec(f"config file {source}: key {name!r}", value)
         values[key.param] = value
     return values
+
+
+def _check_exec(what: str, value: Any) -> None:
+    """Strings end up in argv, env and paths: what exec would refuse is refused here,
+    naming the key (and an env name), never a value."""
+    try:
+        if isinstance(value, dict):
+            check_env(value, what)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str):
+                check_text(item, what)
+    except JobVariableError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def loosely_readable(path: Path) -> bool:

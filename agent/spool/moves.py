@@ -5,8 +5,8 @@
     cur/   taken by a worker, leased by flock       (while its process runs)
     done/  finished; ``<id>.outcome`` says how
     failed/ refused: unreadable spec or another pool; ``<id>.reason`` says why
-    runs/<id>/ the run's output log and exit status (not a state folder); ``cancel``
-               there asks the worker running it to stop it (see `request_cancel`)
+    runs/<id>/<claim>/ one execution's output log, exit status and outcome (not a state
+               folder); ``runs/<id>/cancel`` asks the worker running it to stop it
     outbox/ reports the API could not take yet (agent/api/outbox.py; not specs)
 
 This module is the only code that moves spec files. Legal moves:
@@ -239,9 +239,18 @@ class Spool:
             return Lease(run_id, path, fd, data, adopted=True)
         return None
 
-    def finish(self, lease: Lease, outcome: str) -> None:
-        """cur -> done, with ``<id>.outcome`` beside it; releases the lease."""
-        self._retire(lease, DONE, ".outcome", _outcome_note(outcome))
+    def finish(self, lease: Lease, outcome: str, claim: str | None = None) -> None:
+        """cur -> done, with ``<id>.outcome`` beside it; releases the lease. The note is
+        also kept in the claim's execution folder, where a later claim's cannot replace it."""
+        note = _outcome_note(outcome)
+        if claim:
+            execution = self.execution_path(lease.run_id, claim)
+            if execution.is_dir():
+                try:
+                    replace_file_durably(execution / "outcome.json", note)
+                except OSError as exc:
+                    raise SpoolError(f"cannot record the outcome in {execution}: {exc}") from exc
+        self._retire(lease, DONE, ".outcome", note)
 
     # -- cancellation ----------------------------------------------------------------
 
@@ -323,9 +332,24 @@ class Spool:
             lease.release()
 
     def run_dir(self, run_id: str) -> Path:
-        """Per-run folder for the output log and the exit status."""
+        """Per-run folder: the cancel request, and one folder per claim (execution)."""
         path = self.dir(RUNS) / run_id
         try:
+            path.mkdir(mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise SpoolError(f"cannot create run folder {path}: {exc}") from exc
+        return path
+
+    def execution_path(self, run_id: str, claim: str) -> Path:
+        """``runs/<id>/<claim>/``: one execution's output log, exit status and outcome.
+        A later claim of the same run (a retry, a resume) gets its own folder, so no
+        execution overwrites another's record."""
+        return self.dir(RUNS) / run_id / claim
+
+    def execution_dir(self, run_id: str, claim: str) -> Path:
+        path = self.execution_path(run_id, claim)
+        try:
+            self.run_dir(run_id)
             path.mkdir(mode=0o700, exist_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot create run folder {path}: {exc}") from exc

@@ -14,6 +14,7 @@ the flow's process group cannot stop it from recording the exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -29,20 +30,33 @@ STATUS_FILE = "status.json"
 LOG_FILE = "output.log"
 
 
+def _open_private(path: Path, flags: int) -> int:
+    """The flow's output and status may hold its secrets: 0600, whatever the umask (and
+    whatever mode a file left by an older version had)."""
+    fd = os.open(path, flags | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):  # not ours to change: still write to it
+        os.fchmod(fd, 0o600)
+    return fd
+
+
+def _append(path: Path) -> BinaryIO:
+    return os.fdopen(_open_private(path, os.O_WRONLY | os.O_APPEND), "ab")
+
+
 class BoundedLog:
     """Appends to ``output.log``; past ``max_bytes`` it rotates once to ``output.log.1``,
     so at most twice the bound is kept and the latest output is always there."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path, self.max_bytes = path, max_bytes
-        self.file: BinaryIO = open(path, "ab")  # noqa: SIM115 - lives as long as the run
+        self.file: BinaryIO = _append(path)  # lives as long as the run
         self.size = self.file.tell()
 
     def write(self, data: bytes) -> None:
         if self.size + len(data) > self.max_bytes and self.size > 0:
             self.file.close()
             os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self.file = open(self.path, "ab")  # noqa: SIM115
+            self.file = _append(self.path)
             self.size = 0
         self.file.write(data)
         self.file.flush()
@@ -54,7 +68,7 @@ class BoundedLog:
 
 def write_status(run_dir: Path, status: dict[str, object]) -> None:
     tmp = run_dir / f".{STATUS_FILE}.tmp"
-    with open(tmp, "w") as f:
+    with os.fdopen(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
         json.dump(status, f)
         f.flush()
         os.fsync(f.fileno())

@@ -1,174 +1,21 @@
-"""Integration fixtures: one Prefect server per session; per test a pool, a spool and
-processes that are all killed by pid at teardown, pass or fail."""
+"""Integration tests: their fixtures (the session's Prefect server, the per-test agent
+world, `own_server`, `marker`) live in tests/conftest.py, shared with the conformance
+suite so that one Prefect server serves both in one session. The names tests import from
+here are re-exported; fixture functions are deliberately not (imported here they would be
+registered a second time, and a second session server started for this directory)."""
 
 from __future__ import annotations
 
-import os
-import sys
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
-import pytest
+import tests.conftest as shared
+from tests.conftest import AUTH, FLOWS_DIR, OWN_AUTH, Agent, Factory, executions
 
-from agent.api.client import PrefectClient
-from agent.settings.config import ApiSettings
-from tests.integration.harness import (
-    BIN,
-    REPO,
-    PrefectServer,
-    Procs,
-    Supervisor,
-    free_port,
-    prefect_server,
-)
-
-sys.path.insert(0, str(REPO / "examples"))
-import demo
-
-AUTH = "admin:s3cret-auth-value"  # the server requires it: tests also prove it never leaks
-FLOWS_DIR = REPO / "tests" / "flows"
+__all__ = ["AUTH", "FLOWS_DIR", "OWN_AUTH", "Agent", "Factory", "executions"]
 
 
-@pytest.fixture(scope="session")
-def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    home = tmp_path_factory.mktemp("prefect-home")
-    with prefect_server(home, AUTH) as url:
-        yield url
-
-
-@pytest.fixture(scope="session")
-def client(server_url: str) -> PrefectClient:
-    return PrefectClient(ApiSettings(url=server_url, auth_string=AUTH))
-
-
-@dataclass
-class Agent:
-    """One test's world: pool, spool, run dir, and the environment its processes get."""
-
-    pool: str
-    spool: Path
-    run_dir: Path
-    env: dict[str, str]
-    procs: Procs
-    client: PrefectClient
-    tmp: Path
-
-    def deploy(
-        self, entry: str, job_variables: dict[str, object] | None = None, name: str = "test"
-    ) -> str:
-        return demo.ensure_deployment(
-            self.client,
-            self.pool,
-            entry,
-            f"agent_test_flows.py:{entry}",
-            FLOWS_DIR,
-            name=name,
-            job_variables=job_variables,
-        )
-
-    def run(
-        self,
-        deployment_id: str,
-        parameters: dict[str, object] | None = None,
-        job_variables: dict[str, object] | None = None,
-    ) -> str:
-        return demo.create_run(self.client, deployment_id, parameters, job_variables)
-
-    def wait(self, run_ids: list[str], timeout: float = 120) -> dict[str, dict[str, object]]:
-        return demo.wait_final(self.client, run_ids, timeout)
-
-    def supervisor(self, workers: int = 2, **env: str) -> Supervisor:
-        sup = Supervisor(
-            self.procs, self.run_dir, {**self.env, "AGENT_WORKERS": str(workers), **env}
-        )
-        sup.start()
-        return sup
-
-    def start_poller(
-        self,
-        *args: str,
-        name: str = "poller",
-        spool: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        # Each hand-started poller serves on a port of its own.
-        own = {"AGENT_ADDRESS": f"http://127.0.0.1:{free_port()}", **(env or {})}
-        self.procs.start(
-            name, ["agent", "local", "start", "--spool", str(spool or self.spool), *args], own
-        )
-
-    def start_worker(
-        self,
-        *args: str,
-        name: str = "worker",
-        spool: Path | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.procs.start(
-            name,
-            ["agent", "worker", "--spool", str(spool or self.spool), "--worker-id", name, *args],
-            env,
-        )
-
-    def states(self, run_id: str) -> list[str]:
-        history = self.client.request("states", "GET", f"/flow_run_states/?flow_run_id={run_id}")
-        return [s["type"] for s in sorted(history, key=lambda s: s["timestamp"])]
-
-
-@pytest.fixture
-def agent(server_url: str, client: PrefectClient, tmp_path: Path) -> Iterator[Agent]:
-    pool = f"test-{uuid.uuid4().hex[:10]}"
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "AGENT_"))},
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "PREFECT_API_URL": server_url,
-        "PREFECT_API_AUTH_STRING": AUTH,
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "AGENT_POOL": pool,
-        "AGENT_SPOOL_DIR": str(tmp_path / "spool"),
-        "AGENT_RUN_DIR": str(run_dir),
-        "AGENT_ADDRESS": f"http://127.0.0.1:{free_port()}",
-        "AGENT_LOG_LEVEL": "DEBUG",
-    }
-    procs = Procs(env, tmp_path)
-    demo.ensure_pool(client, pool)
-    world = Agent(pool, tmp_path / "spool", run_dir, env, procs, client, tmp_path)
-    try:
-        yield world
-    finally:
-        Supervisor(procs, run_dir, env).shutdown()
-        procs.close()
-
-
-OWN_AUTH = "admin:own-server-auth"
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[PrefectServer]:
-    """A Prefect server for one test, which it may stop and start again (same port, same
-    database): stopping the session's server would fail every other test."""
-    home = tmp_path / "own-prefect-home"
-    home.mkdir()
-    server = PrefectServer(home, OWN_AUTH, port=free_port())
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def marker(tmp_path: Path) -> Path:
-    path = tmp_path / "executions.txt"
-    path.touch()
-    return path
-
-
-def executions(marker: Path) -> list[str]:
-    return [line for line in marker.read_text().splitlines() if line]
-
-
-Factory = Callable[..., Agent]
+def __getattr__(name: str) -> Any:
+    """`integration.server_url` and the like, for modules that still read a fixture from
+    here (tests/ops/test_soak.py). Looked up on demand, so that pytest, which collects
+    fixtures from this module's namespace, does not register them a second time."""
+    return getattr(shared, name)

@@ -286,3 +286,12 @@ def prefect_server(home: Path, auth: str) -> Iterator[str]:
         yield server.start()
     finally:
         server.stop()
+
+
+def execution(spool: Path, run_id: str) -> Path:
+    """The newest execution folder of a run (``runs/<id>/<claim>/``: output log, status);
+    ``runs/<id>/<missing>`` when it has none yet, so reads of it fail as a missing file."""
+    folders = [p for p in (spool / "runs" / run_id).glob("*") if p.is_dir()]
+    if not folders:
+        return spool / "runs" / run_id / "none-yet"
+    return max(folders, key=lambda p: p.stat().st_mtime)

@@ -8,8 +8,9 @@ import os
 import signal
 from pathlib import Path
 
+from examples import demo
 from tests.integration.conftest import Agent, executions
-from tests.integration.harness import wait_for
+from tests.integration.harness import execution, wait_for
 
 
 def worker_pid(agent: Agent) -> int:
@@ -19,7 +20,7 @@ def worker_pid(agent: Agent) -> int:
 
 
 def flow_status(agent: Agent, run_id: str) -> dict[str, object]:
-    path = agent.spool / "runs" / run_id / "status.json"
+    path = execution(agent.spool, run_id) / "status.json"
     try:
         status: dict[str, object] = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -92,7 +93,7 @@ def test_flow_ending_while_no_worker_runs_gets_its_real_exit_code(
     os.kill(worker_pid(agent), signal.SIGKILL)
     wait_for(lambda: flow_status(agent, run_id).get("phase") == "ended", 60, "the flow to end")
     assert flow_status(agent, run_id)["returncode"] == 3
-    assert agent.client.read_flow_run(run_id)["state"]["type"] == "RUNNING"  # nobody told
+    assert demo.read_run(agent.client, run_id)["state"]["type"] == "RUNNING"  # nobody told
     agent.start_worker(name="worker")
     state = agent.wait([run_id])[run_id]
     assert state["type"] == "CRASHED"

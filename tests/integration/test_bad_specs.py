@@ -16,9 +16,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from agent.core.claim import pending_state
 from agent.core.jobvars import base_job_template, template_defaults
 from agent.core.spec import JobSpec, dumps
+from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
 
@@ -46,14 +46,14 @@ def assert_worker_up(agent: Agent, proc: subprocess.Popen[bytes], pid: int) -> N
 def claim(agent: Agent, run_id: str) -> str:
     """Claim a run as the poller does (Scheduled -> our Pending); returns the transition id."""
     transition_id = str(uuid.uuid4())
-    answer = agent.client.set_flow_run_state(run_id, pending_state(transition_id))
+    answer = demo.set_state(agent.client, run_id, demo.pending_state(transition_id))
     assert answer["status"] == "ACCEPT", answer
     return transition_id
 
 
 def poller_spec(agent: Agent, run_id: str, transition_id: str) -> JobSpec:
     """The spec the poller writes for this claim (as Poller._spec builds it)."""
-    flow_run = agent.client.read_flow_run(run_id)
+    flow_run = demo.read_run(agent.client, run_id)
     return JobSpec(
         flow_run_id=run_id,
         pool=agent.pool,
@@ -168,7 +168,7 @@ def test_bad_spec_files_are_refused_and_the_worker_keeps_going(agent: Agent, mar
     # The worker reports Failed before it moves the spec, so the state is there now; an
     # unreadable spec fails the run its file is named after (the id it was claimed under).
     for run_id, (_, why) in (unreadable | named).items():
-        state = agent.client.read_flow_run(run_id)["state"]
+        state = demo.read_run(agent.client, run_id)["state"]
         assert state["type"] == "FAILED", (run_id, state)
         assert state["message"].startswith(REFUSED + why), (run_id, state["message"])
         assert agent.states(run_id) == ["SCHEDULED", "PENDING", "FAILED"]
@@ -210,12 +210,12 @@ def test_truncated_spec_of_a_claimed_run_fails_that_run(agent: Agent, marker: Pa
     # What a user of Prefect should see: the run Failed, saying why. The worker reports
     # before it moves the spec, so a few seconds are plenty.
     wait_for(
-        lambda: agent.client.read_flow_run(run_id)["state"]["type"] == "FAILED",
+        lambda: demo.read_run(agent.client, run_id)["state"]["type"] == "FAILED",
         5,
         f"flow run {run_id} to be marked Failed (it was "
-        f"{agent.client.read_flow_run(run_id)['state']['type']} when its spec was refused)",
+        f"{demo.read_run(agent.client, run_id)['state']['type']} when its spec was refused)",
     )
-    assert agent.client.read_flow_run(run_id)["state"]["message"] == reason
+    assert demo.read_run(agent.client, run_id)["state"]["message"] == reason
 
 
 # Job variables. The server checks them against the pool's base job template, so wrong
@@ -245,7 +245,7 @@ def test_wrong_typed_job_variables_fail_only_their_run(agent: Agent, marker: Pat
     bad: dict[str, str] = {}
     for job_variables, why in BAD_JOB_VARIABLES:
         run_id = agent.run(deployment, {"marker": str(marker)}, job_variables=job_variables)
-        assert agent.client.read_flow_run(run_id)["job_variables"] == job_variables
+        assert demo.read_run(agent.client, run_id)["job_variables"] == job_variables
         bad[run_id] = why
     good.append(agent.run(deployment, {"marker": str(marker)}))
     states = agent.wait([*good, *bad], timeout=180)

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from agent.worker.procid import ProcessId
+from examples import demo
 from tests.integration.conftest import Agent, executions
-from tests.integration.harness import wait_for
+from tests.integration.harness import execution, wait_for
 
 
 def status_file(agent: Agent, run_id: str) -> dict[str, Any]:
     try:
         body: dict[str, Any] = json.loads(
-            (agent.spool / "runs" / run_id / "status.json").read_text()
+            (execution(agent.spool, run_id) / "status.json").read_text()
         )
     except (OSError, ValueError):
         return {}
@@ -37,7 +38,7 @@ def settled(agent: Agent, run_id: str) -> dict[str, Any]:
     """The run's state once its worker has settled it (the engine's Crashed on SIGTERM
     comes first and is final too, so waiting for a final state is not enough)."""
     wait_for((agent.spool / "done" / f"{run_id}.json").exists, 30, "the run to be settled")
-    state: dict[str, Any] = agent.client.read_flow_run(run_id)["state"]
+    state: dict[str, Any] = demo.read_run(agent.client, run_id)["state"]
     return state
 
 
@@ -57,7 +58,7 @@ def start_running(
     flow_id = ProcessId.from_json(status_file(agent, run_id).get("flow"))
     assert flow_id is not None and flow_id.alive()
     wait_for(
-        lambda: agent.client.read_flow_run(run_id)["state"]["type"] == "RUNNING", 60, "Running"
+        lambda: demo.read_run(agent.client, run_id)["state"]["type"] == "RUNNING", 60, "Running"
     )
     return run_id, flow_id
 
@@ -111,7 +112,7 @@ def test_waiting_run_cancelled_leaves_the_spool_unrun(agent: Agent, marker: Path
         run_id = agent.run(deployment, {"marker": str(marker), "pause": 0})
         waiting = agent.spool / "new" / f"{run_id}.json"
         wait_for(waiting.exists, 60, "the run to be claimed and wait in new/")
-        assert agent.client.read_flow_run(run_id)["state"]["type"] == "PENDING"
+        assert demo.read_run(agent.client, run_id)["state"]["type"] == "PENDING"
         asked = cancel(agent, run_id)
         wait_for(lambda: not waiting.exists(), 10, "the waiting run to leave new/")
         assert time.monotonic() - asked < 10

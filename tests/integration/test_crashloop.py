@@ -20,6 +20,7 @@ from typing import Any
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import Supervisor, wait_for
 
@@ -157,7 +158,7 @@ def test_a_worker_killed_again_and_again_backs_off_then_takes_runs(
     looks = 0
     while True:
         pid, seen = pid_of(sup), sup.status()[WORKER]
-        run_state = agent.client.read_flow_run(run_id)["state"]["type"]
+        run_state = demo.read_run(agent.client, run_id)["state"]["type"]
         if entry(agent).get("state") != "backoff":
             break  # what was read above may be from after the wait
         assert (pid, seen, run_state) in {

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agent.spool.moves import CUR, DONE, FAILED, NEW, STATE_DIRS, TMP
+from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import free_port, tmpfs, wait_for
 from tests.integration.test_health import get_health, poke, polls, serving, wait_health
@@ -123,7 +124,7 @@ def test_a_full_spool_claims_nothing_and_everything_resumes_when_space_returns(
         time.sleep(0.5)
     wait_for(lambda: polls(address) >= before + 3, 30, "three polls after the runs were due")
     for run_id in run_ids:
-        assert agent.client.read_flow_run(run_id)["state"]["type"] == "SCHEDULED", run_id
+        assert demo.read_run(agent.client, run_id)["state"]["type"] == "SCHEDULED", run_id
     # No spec anywhere: none written ahead, none half-written, none published or taken.
     assert listing(spool) == {state: [] for state in STATE_DIRS}
     status, body = get_health(address, verbose=True)

@@ -11,6 +11,7 @@ import signal
 import time
 from pathlib import Path
 
+from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import Supervisor, wait_for
 
@@ -105,7 +106,7 @@ def test_poller_killed_at_random_points_of_a_burst_loses_and_repeats_nothing(
     assert poller_pid(sup) not in pids_killed
     # The kills landed while the burst was being claimed, not after it.
     claimed_before_end = [
-        rid for rid in run_ids if agent.client.read_flow_run(rid)["state"]["type"] == "SCHEDULED"
+        rid for rid in run_ids if demo.read_run(agent.client, rid)["state"]["type"] == "SCHEDULED"
     ]
     assert claimed_before_end, "the burst was claimed before the last kill: kill earlier"
 
@@ -133,7 +134,7 @@ def test_poller_killed_between_claim_and_publish_recovers_the_claim(
     wait_for(lambda: crashing.poll() is not None, 60, "the poller to die after its claim")
     assert crashing.returncode == 70, agent.procs.log("poller")
     # Claimed on the server, but only written ahead here: nothing a worker can take.
-    assert agent.client.read_flow_run(run_id)["state"]["type"] == "PENDING"
+    assert demo.read_run(agent.client, run_id)["state"]["type"] == "PENDING"
     assert spool_files(agent, "tmp") == [f"{run_id}.json"]
     assert spool_files(agent, "new") == []
     time.sleep(2)  # the worker keeps polling new/: it must not have run anything
@@ -162,7 +163,7 @@ def test_stop_and_start_agent_mid_burst_loses_and_repeats_nothing(
 
     def started() -> int:
         return sum(
-            agent.client.read_flow_run(rid)["state"]["type"] != "SCHEDULED" for rid in run_ids
+            demo.read_run(agent.client, rid)["state"]["type"] != "SCHEDULED" for rid in run_ids
         )
 
     wait_for(lambda: started() >= 3, 90, "the burst to be under way")

@@ -19,6 +19,7 @@ import pytest
 import requests
 
 from agent.spool.moves import STATE_DIRS
+from examples import demo
 from tests.integration.conftest import OWN_AUTH, Agent, executions
 from tests.integration.harness import PrefectServer, free_port, remount, tmpfs, wait_for
 
@@ -301,7 +302,7 @@ def test_health_503_when_the_spool_is_read_only_then_200(
         poke(address)
         time.sleep(0.5)
     wait_for(lambda: polls(address) >= before + 3, 30, "three polls after the run was created")
-    assert agent.client.read_flow_run(run_id)["state"]["type"] == "SCHEDULED"
+    assert demo.read_run(agent.client, run_id)["state"]["type"] == "SCHEDULED"
     # No spec written, half-written or left: tmp/ (and every other state folder) is empty.
     assert {d: os.listdir(spool / d) for d in STATE_DIRS} == {d: [] for d in STATE_DIRS}
     assert get_health(address)[0] == 503

@@ -17,10 +17,9 @@ import signal
 import time
 from pathlib import Path
 
-import demo
-
 from agent.api.client import PrefectClient
 from agent.settings.config import ApiSettings
+from examples import demo
 from tests.integration.conftest import OWN_AUTH, Agent, executions
 from tests.integration.harness import PrefectServer, Supervisor, wait_for
 from tests.integration.test_health import get_health, wait_health

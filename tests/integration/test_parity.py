@@ -9,6 +9,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from examples import demo
 from tests.integration.conftest import AUTH, Agent
 from tests.integration.harness import wait_for
 
@@ -67,7 +68,7 @@ def test_backend_config_overrides_flags_and_reloads_without_restart(agent: Agent
     assert seen_env(out) == {"FROM": "backend-2", "NEW": "n"}
     # Labels from flags never applied, and bk1 is no longer ours since the reload.
     for run_id in (never, later_first):
-        assert agent.client.read_flow_run(run_id)["state"]["type"] == "SCHEDULED"
+        assert demo.read_run(agent.client, run_id)["state"]["type"] == "SCHEDULED"
 
 
 def test_bad_backend_config_stops_the_agent_with_a_clear_error(agent: Agent) -> None:

@@ -9,7 +9,7 @@ import socket
 import uuid
 from pathlib import Path
 
-from agent.core.claim import pending_state
+from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
 
@@ -19,7 +19,7 @@ NAME = "stranded-agent"
 def claim_as_the_poller(agent: Agent, run_id: str, host: str, name: str = NAME) -> str:
     """What `Poller._claim` and `_label` send, without any spec written anywhere."""
     transition_id = str(uuid.uuid4())
-    answer = agent.client.set_flow_run_state(run_id, pending_state(transition_id))
+    answer = demo.set_state(agent.client, run_id, demo.pending_state(transition_id))
     assert answer["status"] == "ACCEPT", answer
     agent.client.update_flow_run_labels(
         run_id,
@@ -41,7 +41,7 @@ def test_stranded_runs_are_run_once_if_never_started_else_reported_crashed(
     pending, running, elsewhere, other_name = (agent.run(deployment, params) for _ in range(4))
     transition_id = claim_as_the_poller(agent, pending, host)
     claim_as_the_poller(agent, running, host)
-    answer = agent.client.set_flow_run_state(running, {"type": "RUNNING", "name": "Running"})
+    answer = demo.set_state(agent.client, running, {"type": "RUNNING", "name": "Running"})
     assert answer["status"] == "ACCEPT", answer
     claim_as_the_poller(agent, elsewhere, "another-host")
     claim_as_the_poller(agent, other_name, host, name="another-agent")
@@ -69,7 +69,7 @@ def test_stranded_runs_are_run_once_if_never_started_else_reported_crashed(
 
     # Runs claimed by another host, or another agent on this host, are not ours to settle.
     for run_id in (elsewhere, other_name):
-        assert agent.client.read_flow_run(run_id)["state"]["type"] == "PENDING"
+        assert demo.read_run(agent.client, run_id)["state"]["type"] == "PENDING"
         assert not list(agent.spool.rglob(f"{run_id}*"))
     log = agent.procs.log("poller")
     assert f"flow run {pending} (" in log and "spooled again" in log

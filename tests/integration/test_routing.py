@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
 
@@ -20,7 +21,7 @@ def test_run_needing_gpu_goes_only_to_an_agent_with_that_label(agent: Agent, mar
         60,
         "the plain agent to see the run twice and leave it",
     )
-    assert agent.client.read_flow_run(run_id)["state"]["type"] == "SCHEDULED"
+    assert demo.read_run(agent.client, run_id)["state"]["type"] == "SCHEDULED"
     assert executions(marker) == []
 
     agent.start_poller("-n", "gpu-box", "-l", "gpu", spool=agent.spool, name="gpu")
@@ -28,7 +29,7 @@ def test_run_needing_gpu_goes_only_to_an_agent_with_that_label(agent: Agent, mar
     state = agent.wait([run_id], timeout=60)[run_id]
     assert state["type"] == "COMPLETED"
     assert executions(marker) == [run_id]
-    labels = agent.client.read_flow_run(run_id)["labels"]
+    labels = demo.read_run(agent.client, run_id)["labels"]
     assert labels["prefect.worker.name"] == "gpu-box"
 
 
@@ -47,5 +48,5 @@ def test_two_agents_on_one_pool_run_each_run_exactly_once(agent: Agent, marker: 
     assert sorted(ran) == sorted(run_ids), "a run executed twice or not at all"
     for run_id in run_ids:
         assert agent.states(run_id).count("PENDING") == 1
-    claimed_by = {agent.client.read_flow_run(r)["labels"]["prefect.worker.name"] for r in run_ids}
+    claimed_by = {demo.read_run(agent.client, r)["labels"]["prefect.worker.name"] for r in run_ids}
     assert claimed_by == {"agent-a", "agent-b"}  # both took part

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from examples import demo
 from tests.integration.conftest import AUTH, Agent, executions
-from tests.integration.harness import cmdlines, free_port, tagged_pids, wait_for
+from tests.integration.harness import cmdlines, execution, free_port, tagged_pids, wait_for
 
 
 def test_env_and_import_paths_reach_the_flow_in_order_and_no_secret_leaks(agent: Agent) -> None:
@@ -68,7 +69,7 @@ def test_env_and_import_paths_reach_the_flow_in_order_and_no_secret_leaks(agent:
             assert AUTH.encode() not in path.read_bytes(), path
     spec = agent.spool / "done" / f"{run_id}.json"
     assert spec.stat().st_mode & 0o077 == 0
-    assert (agent.spool / "runs" / run_id / "output.log").read_text().count("show_env ran") == 1
+    assert (execution(agent.spool, run_id) / "output.log").read_text().count("show_env ran") == 1
 
 
 def test_failures_end_in_the_right_state_and_the_agent_keeps_going(
@@ -90,14 +91,14 @@ def test_failures_end_in_the_right_state_and_the_agent_keeps_going(
     assert "status code 3" in str(states[crashing]["message"])
     assert states[lost]["type"] == "FAILED"
     assert states[lost]["message"] == (
-        f"Flow run {lost} has a nonexistent `working_dir` configured: {missing}"
+        f"Flow run {lost} cannot start: nonexistent `working_dir` configured: {missing}"
     )
     assert states[fine]["type"] == "COMPLETED"
     assert executions(marker) == [fine]
     # --show-flow-logs: the flow's output reaches a worker's log, prefixed with the run name.
     logs = sup.log("agent-worker_00") + sup.log("agent-worker_01")
     assert "ValueError: boom: this flow fails on purpose" in logs
-    name = agent.client.read_flow_run(failing)["name"]
+    name = demo.read_run(agent.client, failing)["name"]
     assert any(line.startswith(f"[{name}] ") for line in logs.splitlines())
     assert sup.status()["agent"] == "RUNNING"
 

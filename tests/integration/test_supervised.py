@@ -7,6 +7,7 @@ from pathlib import Path
 
 import requests
 
+from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
 
@@ -58,7 +59,7 @@ def test_stop_agent_stops_claiming_but_claimed_runs_finish(agent: Agent, marker:
     out = agent.tmp / "slow.json"
     slow = agent.run(deployment, {"out": str(out), "keys": [], "pause": 6})
     wait_for(
-        lambda: agent.client.read_flow_run(slow)["state"]["type"] == "RUNNING",
+        lambda: demo.read_run(agent.client, slow)["state"]["type"] == "RUNNING",
         60,
         "the slow run to be running",
     )
@@ -73,7 +74,7 @@ def test_stop_agent_stops_claiming_but_claimed_runs_finish(agent: Agent, marker:
     states = agent.wait([slow], timeout=60)
     assert states[slow]["type"] == "COMPLETED"
     time.sleep(3)  # time enough for a claim, had anything been polling
-    assert agent.client.read_flow_run(later)["state"]["type"] == "SCHEDULED"
+    assert demo.read_run(agent.client, later)["state"]["type"] == "SCHEDULED"
 
     # Starting again picks up where it left off.
     assert sup.ctl("start", "agent").returncode == 0

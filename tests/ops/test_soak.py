@@ -1,6 +1,7 @@
-"""ops/soak.py: its accounting cannot let a lost, repeated or unfinished run pass (pure
-tests of `account`, `verdict` and `render`), and a short real soak (real supervisord,
-real kills, real flow runs) against the session's Prefect server ends clean."""
+"""ops/soak: its accounting cannot let a lost, repeated or unfinished run pass (pure
+tests of `account`, `verdict` and `render`), and a short real soak (`python -m ops.soak`:
+real supervisord, real kills, real flow runs) against the session's Prefect server (the
+`server_url` fixture of tests/conftest.py) ends clean."""
 
 from __future__ import annotations
 
@@ -12,108 +13,110 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ops import soak
-from tests.integration import conftest as integration
+from ops.soak import accounting
+from ops.soak.orchestration import burst_sizes
+from tests.conftest import AUTH
 from tests.integration.harness import REPO, cmdlines
-
-# The integration tests' session Prefect server (it requires integration.AUTH).
-server_url = integration.server_url
 
 A, B, C, D = (f"run-{x}" for x in "abcd")
 
 
 def test_every_run_completed_once_passes() -> None:
-    acc = soak.account(
+    acc = accounting.account(
         [A, B, C], dict.fromkeys([A, B, C], "COMPLETED"), [B, A, C], flows_killed=set()
     )
     assert (acc.lost, acc.twice, acc.not_final, acc.wrong) == ([], {}, {}, {})
     assert acc.failures == 0
     assert (acc.created, acc.executions, acc.executed) == (3, 3, 3)
     assert acc.states == {"COMPLETED": 3}
-    assert soak.verdict(acc, actions=5) == (0, [])
+    assert accounting.verdict(acc, actions=5) == (0, [])
 
 
 def test_a_run_executed_twice_fails_even_if_the_soak_killed_its_flow() -> None:
     states = {A: "COMPLETED", B: "CRASHED", C: "COMPLETED"}
-    acc = soak.account([A, B, C], states, [A, B, C, A, B], flows_killed={B})
+    acc = accounting.account([A, B, C], states, [A, B, C, A, B], flows_killed={B})
     assert acc.twice == {A: 2, B: 2}
     assert (acc.lost, acc.not_final, acc.wrong) == ([], {}, {})
-    code, reasons = soak.verdict(acc, actions=3)
+    code, reasons = accounting.verdict(acc, actions=3)
     assert code == 1
     assert reasons == ["2 run(s) executed twice"]
 
 
 def test_a_run_never_executed_is_lost_final_or_not() -> None:
     states = {A: "COMPLETED", B: "CRASHED", C: "SCHEDULED", D: "COMPLETED"}
-    acc = soak.account([A, B, C, D], states, [A], flows_killed=set())
+    acc = accounting.account([A, B, C, D], states, [A], flows_killed=set())
     # B ended Crashed without running; C was never run; D "Completed" without running.
     assert acc.lost == [B, C, D]
     assert acc.not_final == {C: "SCHEDULED"}
     assert acc.states == {"COMPLETED": 2, "CRASHED": 1, "NOT FINAL: SCHEDULED": 1}
-    assert soak.verdict(acc, actions=1) == (1, ["3 run(s) lost", "1 run(s) not final"])
+    assert accounting.verdict(acc, actions=1) == (1, ["3 run(s) lost", "1 run(s) not final"])
 
 
 def test_a_run_not_final_fails_even_after_executing() -> None:
-    acc = soak.account([A, B], {A: "COMPLETED", B: "RUNNING"}, [A, B], flows_killed=set())
+    acc = accounting.account([A, B], {A: "COMPLETED", B: "RUNNING"}, [A, B], flows_killed=set())
     assert acc.not_final == {B: "RUNNING"}
     assert acc.lost == []
-    assert soak.verdict(acc, actions=1)[0] == 1
+    assert accounting.verdict(acc, actions=1)[0] == 1
 
 
 def test_a_run_missing_from_the_api_is_not_final() -> None:
-    acc = soak.account([A, B], {A: "COMPLETED"}, [A, B], flows_killed=set())
+    acc = accounting.account([A, B], {A: "COMPLETED"}, [A, B], flows_killed=set())
     assert acc.not_final == {B: "UNKNOWN"}
-    assert soak.verdict(acc, actions=1)[0] == 1
+    assert accounting.verdict(acc, actions=1)[0] == 1
 
 
 def test_a_run_whose_flow_the_soak_killed_may_end_crashed_with_or_without_its_line() -> None:
     states = {A: "CRASHED", B: "CRASHED", C: "COMPLETED"}
-    acc = soak.account([A, B, C], states, [A, C], flows_killed={A, B, C})
+    acc = accounting.account([A, B, C], states, [A, C], flows_killed={A, B, C})
     assert acc.failures == 0
     assert acc.flows_killed == {"CRASHED": 2, "COMPLETED": 1}
-    assert soak.verdict(acc, actions=3) == (0, [])
+    assert accounting.verdict(acc, actions=3) == (0, [])
 
 
 def test_a_run_that_ran_but_crashed_without_a_kill_ended_wrongly() -> None:
     states = {A: "CRASHED", B: "FAILED", C: "CANCELLED", D: "CRASHED"}
-    acc = soak.account([A, B, C, D], states, [A, B, C, D], flows_killed={D})
+    acc = accounting.account([A, B, C, D], states, [A, B, C, D], flows_killed={D})
     assert acc.wrong == {A: "CRASHED", B: "FAILED", C: "CANCELLED"}
     assert acc.lost == []
-    assert soak.verdict(acc, actions=1) == (1, ["3 run(s) ended wrongly"])
+    assert accounting.verdict(acc, actions=1) == (1, ["3 run(s) ended wrongly"])
 
 
 def test_a_soak_without_a_single_action_proved_nothing() -> None:
-    acc = soak.account([A], {A: "COMPLETED"}, [A], flows_killed=set())
-    code, reasons = soak.verdict(acc, actions=0)
+    acc = accounting.account([A], {A: "COMPLETED"}, [A], flows_killed=set())
+    code, reasons = accounting.verdict(acc, actions=0)
     assert code == 1
     assert "nothing was soaked" in reasons[0]
 
 
 def test_lines_naming_no_run_are_shown_but_not_counted() -> None:
-    acc = soak.account([A], {A: "COMPLETED"}, [A, "someone-else"], flows_killed=set())
+    acc = accounting.account([A], {A: "COMPLETED"}, [A, "someone-else"], flows_killed=set())
     assert acc.strangers == ["someone-else"]
     assert acc.executions == 1
-    assert soak.verdict(acc, actions=1) == (0, [])
+    assert accounting.verdict(acc, actions=1) == (0, [])
 
 
 def test_a_spec_in_the_spool_twice_fails_one_merely_left_does_not() -> None:
     spool = {"tmp": [], "new": [], "cur": [A, B], "done": [A, C], "failed": []}
-    acc = soak.account([A, B, C], dict.fromkeys([A, B, C], "COMPLETED"), [A, B, C], set(), spool)
+    acc = accounting.account(
+        [A, B, C], dict.fromkeys([A, B, C], "COMPLETED"), [A, B, C], set(), spool
+    )
     assert acc.spool_twice == [f"cur/{A}"]  # in cur/ and done/ at once
     assert acc.spool_leftovers == [f"cur/{A}", f"cur/{B}"]
-    assert soak.verdict(acc, actions=1) == (1, ["1 spec(s) in the spool twice"])
+    assert accounting.verdict(acc, actions=1) == (1, ["1 spec(s) in the spool twice"])
     spool["cur"] = [B]
-    acc = soak.account([A, B, C], dict.fromkeys([A, B, C], "COMPLETED"), [A, B, C], set(), spool)
+    acc = accounting.account(
+        [A, B, C], dict.fromkeys([A, B, C], "COMPLETED"), [A, B, C], set(), spool
+    )
     assert (acc.spool_twice, acc.spool_leftovers) == ([], [f"cur/{B}"])
-    assert soak.verdict(acc, actions=1) == (0, [])
+    assert accounting.verdict(acc, actions=1) == (0, [])
 
 
 def test_the_report_shows_each_figure_and_each_offending_run() -> None:
     states = {A: "COMPLETED", B: "CRASHED", C: "PENDING", D: "COMPLETED"}
-    lines = soak.parse_executions(f"{A} 11 1.0\n{D} 12 2.0\n\n{D} 13 3.0\n")
-    acc = soak.account([A, B, C, D], states, lines, flows_killed=set())
+    lines = accounting.parse_executions(f"{A} 11 1.0\n{D} 12 2.0\n\n{D} 13 3.0\n")
+    acc = accounting.account([A, B, C, D], states, lines, flows_killed=set())
     kills = {"poller-kill9": 2, "worker-kill9": 1}
-    text = soak.render(acc, kills, [("soak", "4 runs")])
+    text = accounting.render(acc, kills, [("soak", "4 runs")])
     figures = dict(re.findall(r"^(runs [a-z ]+):\s+(\d+)$", text, re.M))
     assert figures == {
         "runs created": "4",
@@ -136,7 +139,7 @@ def test_state_paths_leave_scheduled_and_late_out() -> None:
         ["SCHEDULED:Scheduled", "SCHEDULED:Late", *ran],
         ["SCHEDULED:Scheduled", "PENDING:Pending", "CRASHED:Crashed"],
     ]
-    assert soak.state_paths(histories) == {
+    assert accounting.state_paths(histories) == {
         "PENDING>RUNNING>COMPLETED": 2,
         "PENDING>CRASHED": 1,
     }
@@ -145,7 +148,7 @@ def test_state_paths_leave_scheduled_and_late_out() -> None:
 def test_bursts_split_every_run_into_non_empty_parts() -> None:
     rng = random.Random(3)
     for runs, bursts in [(300, 4), (20, 3), (5, 5), (3, 10), (1, 1)]:
-        sizes = soak.burst_sizes(rng, runs, bursts)
+        sizes = burst_sizes(rng, runs, bursts)
         assert sum(sizes) == runs
         assert len(sizes) == min(runs, bursts)
         assert all(size > 0 for size in sizes)
@@ -162,13 +165,13 @@ def test_a_short_real_soak_loses_and_repeats_nothing(server_url: str, tmp_path: 
     out_json = tmp_path / "report.json"
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "AGENT_"))},
-        "PREFECT_API_AUTH_STRING": integration.AUTH,
+        "PREFECT_API_AUTH_STRING": AUTH,
     }
-    argv = [sys.executable, str(REPO / "ops" / "soak.py"), "--api-url", server_url]
+    argv = [sys.executable, "-m", "ops.soak", "--api-url", server_url]
     argv += ["--runs", "20", "--workers", "2", "--kill-every", "2", "5", "--bursts", "3"]
     argv += ["--burst-gap", "2", "8", "--flow-seconds", "0", "1.5", "--seed", "20240611"]
     argv += ["--timeout", "240", "--json", str(out_json)]
-    result = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     report = result.stdout
     print(report)  # shown with -s or -rP
     assert result.returncode == 0, report + result.stderr[-5000:]

@@ -17,6 +17,7 @@ import pytest
 from agent.api.client import PrefectClient, parse_retry_after
 from agent.core.errors import ApiError, AuthError, NotFoundError, TransientApiError
 from agent.core.jobvars import base_job_template
+from agent.core.states import WorkPool
 from agent.settings.config import ApiSettings
 
 Reply = tuple[int, dict[str, str], bytes]
@@ -290,11 +291,13 @@ def test_ensure_work_pool_creates_a_missing_pool(
     server: ScriptedServer, client: PrefectClient
 ) -> None:
     template = base_job_template()
-    server.script(reply(404, {"detail": "not found"}), reply(201, {"name": "pool1", "id": "p1"}))
-    assert client.ensure_work_pool("pool1", "local-agent", template) == {
-        "name": "pool1",
-        "id": "p1",
-    }
+    server.script(
+        reply(404, {"detail": "not found"}),
+        reply(201, {"name": "pool1", "type": "local-agent", "base_job_template": template}),
+    )
+    assert client.ensure_work_pool("pool1", "local-agent", template) == WorkPool(
+        "pool1", "local-agent", template
+    )
     assert [(s.method, s.path) for s in server.seen] == [
         ("GET", "/api/work_pools/pool1"),
         ("POST", "/api/work_pools/"),
@@ -312,10 +315,10 @@ def test_ensure_work_pool_reads_again_after_losing_the_create_race(
     server.script(
         reply(404, {"detail": "not found"}),
         reply(409, {"detail": "already exists"}),
-        reply(200, {"name": "pool1", "id": "theirs"}),
+        reply(200, {"name": "pool1", "type": "process", "id": "theirs"}),
     )
     pool = client.ensure_work_pool("pool1", "local-agent", base_job_template())
-    assert pool == {"name": "pool1", "id": "theirs"}
+    assert pool == WorkPool("pool1", "process")
     assert [(s.method, s.path) for s in server.seen] == [
         ("GET", "/api/work_pools/pool1"),
         ("POST", "/api/work_pools/"),
@@ -327,7 +330,9 @@ def test_ensure_work_pool_returns_an_existing_pool_without_creating(
     server: ScriptedServer, client: PrefectClient
 ) -> None:
     server.script(reply(200, {"name": "pool1"}))
-    assert client.ensure_work_pool("pool1", "local-agent", base_job_template()) == {"name": "pool1"}
+    assert client.ensure_work_pool("pool1", "local-agent", base_job_template()) == WorkPool(
+        "pool1", ""
+    )
     assert len(server.seen) == 1
 
 

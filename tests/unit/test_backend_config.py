@@ -97,3 +97,20 @@ def test_describe_changes_names_keys_not_values() -> None:
 
 def test_defined_lists_set_keys() -> None:
     assert backend_config.defined(BackendSettings(labels=(), name="n")) == {"labels", "name"}
+
+
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        ({"env_vars": {"A=B": "hunter2"}}, "key 'env_vars' has a name with '=' in it: 'A=B'"),
+        ({"env-vars": {"K": "hunter2\0"}}, "key 'env-vars': the value of 'K' has a NUL byte"),
+        ({"import_paths": ["/a\0"]}, "key 'import_paths' has a NUL byte in it"),
+        ("[" * 10_000, "does not hold valid JSON"),
+    ],
+)
+def test_backend_settings_exec_would_refuse_stop_the_agent_naming_the_key(
+    value: object, said: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        backend_config.parse(value, "cfg")
+    assert said in str(info.value) and "hunter2" not in str(info.value)

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,7 +22,9 @@ import pytest
 from agent.api.client import PrefectClient
 from agent.core.spec import JobSpec, dumps
 from agent.observe import metrics
+from agent.poller.duty import run_due
 from agent.poller.loop import Poller
+from agent.settings import defaults
 from agent.settings.config import ApiSettings, PollerConfig, WorkerConfig
 from agent.spool.moves import CANCEL_FILE, CUR, DONE, NEW, RUNS, Lease, Spool
 from agent.spool.registry import Registry
@@ -208,7 +211,7 @@ def test_poller_cancels_a_waiting_run_and_asks_the_worker_of_a_running_one(spool
     client.cancelling = {waiting, running, "not-ours"}
     before = finished("cancelled")
 
-    poller.check_cancellations()
+    poller.cancellations.run()
 
     body = client.named("cancelling_flow_runs")[0][2]
     assert sorted(body["flow_runs"]["id"]["any_"]) == sorted([waiting, running, left])
@@ -233,7 +236,7 @@ def test_poller_cancels_a_waiting_run_and_asks_the_worker_of_a_running_one(spool
 
 def test_poller_asks_nothing_when_the_spool_holds_no_run(spool: Spool) -> None:
     client = PollerClient()
-    make_poller(spool, client).check_cancellations()
+    make_poller(spool, client).cancellations.run()
     assert client.calls == []
 
 
@@ -241,9 +244,14 @@ def test_poller_checks_for_cancellations_at_most_every_few_seconds(spool: Spool)
     client = PollerClient()
     poller = make_poller(spool, client)
     spool_run(spool)
-    poller.check_cancellations_if_due()
-    poller.check_cancellations_if_due()
+    duty = poller.duty("cancellations")
+    assert duty.every == defaults.CANCEL_CHECK_SECONDS > 0
+    now = time.monotonic()
+    run_due([duty], now, poller.s.outage)
+    run_due([duty], now + defaults.CANCEL_CHECK_SECONDS / 2, poller.s.outage)
     assert len(client.named("cancelling_flow_runs")) == 1
+    run_due([duty], now + defaults.CANCEL_CHECK_SECONDS, poller.s.outage)
+    assert len(client.named("cancelling_flow_runs")) == 2
 
 
 # -- the worker ---------------------------------------------------------------------------
@@ -265,7 +273,12 @@ class WorkerClient(PrefectClient):
         if call == "read_flow_run":
             self.reads += 1
             state = "PENDING" if self.reads == 1 else self.state
-            return {"id": path.rsplit("/", 1)[1], "state": {"type": state}}
+            # Our Pending: the claim's transition id, as the poller proposed it.
+            details = {"transition_id": "claim-1"}
+            return {
+                "id": path.rsplit("/", 1)[1],
+                "state": {"type": state, "state_details": details},
+            }
         if call == "set_flow_run_state":
             self.proposed.append((json["state"], json["force"]))
             return {"status": "ACCEPT", "state": json["state"]}
@@ -315,7 +328,9 @@ class ChildLauncher:
         assert me is not None
         write_status(run_dir, {"phase": "running", "shim": me.to_json(), "flow": me.to_json()})
         if self.cancel:
-            self.spool.request_cancel(run_dir.name, "claim-1", "Cancelling in Prefect")
+            # run_dir is runs/<id>/<claim>/: one execution's folder.
+            assert run_dir.name == "claim-1"
+            self.spool.request_cancel(run_dir.parent.name, "claim-1", "Cancelling in Prefect")
         handle = ChildHandle(proc)
         self.handles.append(handle)
         return handle

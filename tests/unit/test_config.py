@@ -56,10 +56,13 @@ def test_agent_address_with_bad_port_is_refused(value: str) -> None:
 # -- parse_env_pairs -------------------------------------------------------------------
 
 
-def test_env_pair_without_equals_names_the_expected_form() -> None:
+def test_env_pair_without_equals_names_the_expected_form_but_not_the_value() -> None:
+    # A bare value is most often a secret pasted without its KEY=.
     with pytest.raises(ConfigError, match="KEY=VALUE") as info:
-        parse_env_pairs(["FOO"])
-    assert "FOO" in str(info.value)
+        parse_env_pairs(["s3cretvalue"])
+    assert "s3cret" not in str(info.value)
+    with pytest.raises(ConfigError, match=r"--env \(value 2 of 3\): expected KEY=VALUE"):
+        parse_env_pairs(["A=1", "s3cretvalue", "B=2"])
 
 
 def test_env_pair_splits_on_first_equals_only() -> None:

@@ -450,9 +450,9 @@ def test_a_worker_in_backoff_is_no_free_slot(looping: tuple[Spool, Registry]) ->
     spool, registry = looping
     config = PollerConfig(api=ApiSettings(url=URL), pool="p", spool_dir=spool.root)
     poller = Poller(config, PrefectClient(config.api), spool, Registry(spool.root))
-    assert poller.free_slots() == 1  # w0 only
+    assert poller.s.free_slots() == 1  # w0 only
     registry.set_state(IDLE)
-    assert poller.free_slots() == 2
+    assert poller.s.free_slots() == 2
 
 
 def test_health_fails_naming_the_crash_looping_worker(looping: tuple[Spool, Registry]) -> None:

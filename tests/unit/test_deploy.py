@@ -38,7 +38,9 @@ LOG_DIR = "/var/log/local-agent"
 RUN_DIR = "/run/local-agent"
 SHIPPED_VENV = "/opt/local-agent"
 API = "http://127.0.0.1:4200/api"
-POOL = "pool ;#% ü"  # install.sh must hand it over intact
+# install.sh must hand it over intact (no % in it: Prefect refuses that in a pool name,
+# and so does `agent local install`; test_install covers % in arguments)
+POOL = "pool ;# ü"
 SECRET_KEY = "pnu_d3pl0yS3cr3tKeyValue"
 SECRET_AUTH = "admin:d3pl0y-hunter2"
 

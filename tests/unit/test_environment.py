@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import pytest
 
 from agent.core.environment import FLOW_DEFAULTS, build_argv, build_env, python_path
+from agent.core.errors import JobVariableError
 
 API_URL = "http://prefect.test:4200/api"
 RUN_ID = "3f1c0f9e-0000-4000-8000-000000000001"
@@ -248,3 +250,52 @@ def test_an_override_does_not_change_the_default_for_the_next_run() -> None:
     env_of({"PREFECT_CLIENT_MAX_RETRIES": "2"})
     assert FLOW_DEFAULTS == {"PREFECT_CLIENT_MAX_RETRIES": "8"}
     assert env_of()["PREFECT_CLIENT_MAX_RETRIES"] == "8"
+
+
+# -- what exec would refuse fails the run, by name, never showing a value ---------------
+
+
+@pytest.mark.parametrize(
+    ("layers", "said"),
+    [
+        (
+            {"agent_env": {"A=B": "pnu_hunter2"}},
+            "agent setting `--env` has a name with '=' in it: 'A=B'",
+        ),
+        (
+            {"agent_env": {"TOKEN": "pnu_hunter2\0"}},
+            "agent setting `--env`: the value of 'TOKEN' has a NUL byte in it",
+        ),
+        ({"run_env": {"": "x"}}, "job variable `env` has a name with nothing in it: ''"),
+        ({"import_paths": ("/ok", "/x\0")}, "agent setting `--import-path` has a NUL byte in it"),
+        ({"working_dir": "/w\0"}, "job variable `working_dir` has a NUL byte in it"),
+        (
+            {"environ": {"BAD\udc80\ud800": "1"}},
+            "the worker's environment has a name with characters that cannot be encoded: "
+            "'BAD\\udc80\\ud800'",
+        ),
+    ],
+)
+def test_an_env_exec_would_refuse_fails_the_run_naming_the_variable(
+    layers: dict[str, Any], said: str
+) -> None:
+    environ = layers.pop("environ", {})
+    with pytest.raises(JobVariableError) as info:
+        env_of(environ, **layers)
+    assert str(info.value) == said
+    assert "hunter2" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("command", "python", "said"),
+    [
+        (("python", "-c", "x\0"), "/usr/bin/python3", "job variable `command` has a NUL byte"),
+        (None, "/usr/bin/py\0", "agent setting `--flow-python` has a NUL byte"),
+        (("\ud800",), "p", "job variable `command` has characters that cannot be encoded"),
+    ],
+)
+def test_an_argv_exec_would_refuse_fails_the_run_naming_the_variable(
+    command: tuple[str, ...] | None, python: str, said: str
+) -> None:
+    with pytest.raises(JobVariableError, match=said):
+        build_argv(command, python)

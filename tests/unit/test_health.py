@@ -42,9 +42,13 @@ class FakeClient(PrefectClient):
             return {"name": "pool", "type": "local-agent", "base_job_template": base_job_template()}
         if call == "get_scheduled_flow_runs":
             return self.runs
-        if call == "filter_flow_runs":
+        if call in ("filter_flow_runs", "cancelling_flow_runs"):
             return []
         return None
+
+
+# A due run as get_scheduled_flow_runs gives it.
+DUE = {"flow_run": {"id": "run-1", "name": "r", "state": {"type": "SCHEDULED", "name": "Late"}}}
 
 
 class FakeSpool(Spool):
@@ -138,22 +142,23 @@ def test_poll_too_old_names_the_age_the_limit_and_the_last_error(world: World) -
     world.client.error = TransientApiError("get_scheduled_flow_runs", f"cannot reach {URL}")
     world.poller.tick()
     # A failed round (its calls retried for 20 s) is an outage, which the api check names;
-    # the poll check fails only after no success for longer than its limit.
+    # the poll check fails only after no success for longer than its limit. The last
+    # error names the duty that failed.
     outage = (
         "the Prefect API has been unavailable for 0s, claiming nothing: "
-        f"get_scheduled_flow_runs: cannot reach {URL}"
+        f"claim: get_scheduled_flow_runs: cannot reach {URL}"
     )
     assert reasons(world.poller) == {"api": outage}
     assert world.client.calls[-1] == "get_scheduled_flow_runs"
     assert world.poller.health()[1]["poll"]["last_error"] == (
-        f"get_scheduled_flow_runs: cannot reach {URL}"
+        f"claim: get_scheduled_flow_runs: cannot reach {URL}"
     )
 
-    assert world.poller.last_success is not None
-    world.poller.last_success -= 95
+    assert world.poller.s.last_success is not None
+    world.poller.s.last_success -= 95
     assert reasons(world.poller) == {
         "api": outage,
-        "poll": f"no successful poll for 95s (limit 30s): {world.poller.last_error}",
+        "poll": f"no successful poll for 95s (limit 30s): {world.poller.s.last_error}",
     }
     ok, checks = world.poller.health()
     assert not ok
@@ -163,7 +168,7 @@ def test_poll_too_old_names_the_age_the_limit_and_the_last_error(world: World) -
     world.client.error = None
     world.poller.tick()
     assert reasons(world.poller) == {}
-    assert world.poller.last_error is None
+    assert world.poller.s.last_error is None
 
 
 def test_never_polled_counts_from_the_start_and_shows_the_auth_error(world: World) -> None:
@@ -171,19 +176,22 @@ def test_never_polled_counts_from_the_start_and_shows_the_auth_error(world: Worl
         "read_work_pool", "HTTP 401, the API key or auth string is wrong: Unauthorized", 401
     )
     world.poller.tick()
-    assert world.poller.last_success is None
+    assert world.poller.s.last_success is None
     assert reasons(world.poller) == {}  # within the limit of the start
 
     world.poller.started_at -= 31
+    # An auth error is no outage: every API duty due tried, and each names the error.
+    error = "read_work_pool: HTTP 401, the API key or auth string is wrong: Unauthorized"
+    failed = ("work pool", "heartbeat", "stranded runs", "claim")
     assert reasons(world.poller) == {
         "poll": "no successful poll since the agent started 31s (limit 30s): "
-        "read_work_pool: HTTP 401, the API key or auth string is wrong: Unauthorized"
+        + "; ".join(f"{duty}: {error}" for duty in failed)
     }
     assert world.poller.health()[1]["poll"]["last_successful_poll_age_seconds"] is None
 
 
 def test_old_poll_without_an_error_says_only_the_age(world: World) -> None:
-    world.poller.last_success = time.time() - 40
+    world.poller.s.last_success = time.time() - 40
     assert reasons(world.poller) == {"poll": "no successful poll for 40s (limit 30s)"}
 
 
@@ -209,7 +217,7 @@ def test_spool_probe_error_from_the_tick(world: World) -> None:
     assert reasons(world.poller) == {
         "spool": f"spool {ROOT}: cannot write: No space left on device"
     }
-    assert world.poller.last_error is None  # the poll itself went fine
+    assert world.poller.s.last_error is None  # the poll itself went fine
     world.spool.probe_error = None
     world.poller.tick()
     assert reasons(world.poller) == {}
@@ -225,7 +233,7 @@ def test_spool_not_writable_before_any_probe(world: World) -> None:
 def test_spool_error_claims_nothing_and_does_not_poll_faster(world: World) -> None:
     """A due run while the spool is not writable: seen, not claimed, and the poller
     keeps its idle pace (the run waits on the disk, not on a worker)."""
-    world.client.runs = [{"flow_run": {"id": "run-1", "name": "r"}}]
+    world.client.runs = [DUE]
     world.spool.probe_error = "cannot write: Read-only file system"
     assert world.poller.tick() == 0
     assert "set_flow_run_state" not in world.client.calls
@@ -236,11 +244,11 @@ def test_spool_error_claims_nothing_and_does_not_poll_faster(world: World) -> No
 
 
 def test_a_run_left_for_want_of_a_worker_wakes_the_poller_when_one_is_free(world: World) -> None:
-    world.client.runs = [{"flow_run": {"id": "run-1", "name": "r"}}]
+    world.client.runs = [DUE]
     world.registry.set(busy=1)
     world.spool.running = ["run-0"]
     assert world.poller.tick() == 0
-    assert world.poller.backlog
+    assert world.poller.s.backlog
     world.registry.set(idle=1)
     world.spool.running = []
     started = time.monotonic()
@@ -249,8 +257,8 @@ def test_a_run_left_for_want_of_a_worker_wakes_the_poller_when_one_is_free(world
 
 
 def test_every_failing_check_has_a_reason(world: World) -> None:
-    world.poller.last_success = time.time() - 60
-    world.poller.last_error = "get_scheduled_flow_runs: HTTP 503: Service Unavailable"
+    world.poller.s.last_success = time.time() - 60
+    world.poller.s.last_error = "get_scheduled_flow_runs: HTTP 503: Service Unavailable"
     world.registry.set(dead=1)
     world.spool.access = False
     assert set(reasons(world.poller)) == {"poll", "workers", "spool"}

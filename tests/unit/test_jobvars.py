@@ -166,6 +166,40 @@ def test_validate_empty_working_dir_means_none() -> None:
     assert validate_job_variables({"working_dir": "/srv/flows"}).working_dir == "/srv/flows"
 
 
+# -- what exec would refuse fails the run, by name ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "said"),
+    [
+        ({"env": {"A=B": "1"}}, "job variable `env` has a name with '=' in it: 'A=B'"),
+        ({"env": {"": "1"}}, "job variable `env` has a name with nothing in it: ''"),
+        ({"env": {"A\0": "1"}}, "job variable `env` has a name with a NUL byte in it: 'A\\x00'"),
+        (
+            {"env": {"TOKEN": "pnu_hunter2\0"}},
+            "job variable `env`: the value of 'TOKEN' has a NUL byte in it",
+        ),
+        (
+            {"env": {"TOKEN": "pnu_hunter2\ud800"}},
+            "job variable `env`: the value of 'TOKEN' has characters that cannot be encoded",
+        ),
+        ({"command": "python -c 'x'\0"}, "job variable `command` has a NUL byte in it"),
+        ({"working_dir": "/srv/\0flows"}, "job variable `working_dir` has a NUL byte in it"),
+        (["not", "an", "object"], "job variables must be an object, got list"),
+    ],
+)
+def test_a_job_variable_exec_would_refuse_fails_the_run_naming_it(raw: Any, said: str) -> None:
+    with pytest.raises(JobVariableError) as info:
+        validate_job_variables(raw)
+    assert str(info.value) == said
+    assert "hunter2" not in str(info.value)  # an env value may be a secret
+
+
+def test_job_variables_of_a_layer_that_is_not_an_object_are_a_job_variable_error() -> None:
+    with pytest.raises(JobVariableError, match="job variables must be an object, got list"):
+        merge_job_variables({"env": {}}, [1, 2])  # type: ignore[arg-type]
+
+
 def test_validate_template_defaults_give_an_all_default_job() -> None:
     job = validate_job_variables(template_defaults(base_job_template()))
     assert job.command is None

@@ -5,9 +5,12 @@ from __future__ import annotations
 import io
 import json
 import logging
+import unicodedata
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agent.observe import logs
 
@@ -72,3 +75,57 @@ def _pid() -> int:
     import os
 
     return os.getpid()
+
+
+# -- forged lines ------------------------------------------------------------------------
+
+FORGED = "evil\n2099-01-01 00:00:00,000 ERROR   agent[1] agent.poller.loop: forged"
+
+
+def test_a_run_name_with_a_newline_cannot_start_a_line_in_the_text_log(
+    captured: io.StringIO,
+) -> None:
+    logs.setup("INFO", "agent", stream=captured)
+    log = logging.getLogger("agent.poller.loop")
+    with logs.run_context("run\nid"):
+        log.info("flow run %s (%s) claimed", "r-1", FORGED)
+        log.warning("server said: %s", "bad\r\x1b[2Jthing\x85more\u2028end\tx")
+    lines = captured.getvalue().splitlines()
+    assert len(lines) == 2
+    assert not any(line.startswith("2099") for line in lines)
+    assert r"(evil\n2099-01-01 00:00:00,000 ERROR   agent[1] agent.poller.loop: forged)" in lines[0]
+    assert r" run=run\nid " in lines[0]
+    assert lines[1].endswith(r"server said: bad\r\x1b[2Jthing\x85more\u2028end\tx")
+
+
+def test_a_traceback_keeps_its_lines_in_the_text_log(captured: io.StringIO) -> None:
+    logs.setup("INFO", "agent", stream=captured)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        logging.getLogger("t").exception("failed for %s", "a\nb")
+    text = captured.getvalue()
+    assert r"failed for a\nb" in text
+    assert "\nTraceback (most recent call last):\n" in text
+    assert text.rstrip().endswith("ValueError: boom")
+
+
+def test_a_run_name_with_line_breaks_stays_inside_its_json_log_line(
+    captured: io.StringIO,
+) -> None:
+    logs.setup("INFO", "agent", "json", captured)
+    with logs.run_context("run\u2028id"):
+        logging.getLogger("t").info("claimed %s", FORGED + "\x85\u2029")
+    (line,) = captured.getvalue().splitlines()  # str.splitlines breaks at \x85 and \u2028 too
+    body = json.loads(line)
+    assert body["message"] == "claimed " + FORGED + "\x85\u2029"
+    assert body["flow_run_id"] == "run\u2028id"
+
+
+@settings(max_examples=200, database=None, deadline=None)
+@given(st.text())
+def test_any_message_is_one_line_without_control_characters_in_the_text_log(message: str) -> None:
+    escaped = logs.escape(message)
+    assert len(escaped.splitlines()) <= 1
+    # Cc: C0, DEL and C1 controls; Zl, Zp: the Unicode line and paragraph separators.
+    assert not [c for c in escaped if unicodedata.category(c) in ("Cc", "Zl", "Zp")]

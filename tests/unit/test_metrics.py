@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import re
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -10,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.claim import CONFLICT_REASONS
 from agent.observe import metrics
 
 
@@ -97,3 +100,92 @@ def test_counts_merge_across_processes_and_survive_their_death(tmp_path: Path) -
         [sys.executable, "-c", show], env=env, check=True, capture_output=True, text=True
     ).stdout
     assert "agent_flow_runs_started_total 2.0" in out
+
+
+# -- known label values, the startup warning, file modes -----------------------------------
+
+
+def run_python(code: str, env: dict[str, str], *flags: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code], env=env, capture_output=True, text=True, timeout=60
+    )
+
+
+def without_multiproc() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.upper() != "PROMETHEUS_MULTIPROC_DIR"}
+
+
+@pytest.mark.parametrize("multiprocess", [True, False])
+def test_labelled_counters_show_every_known_label_at_zero_before_anything_happens(
+    tmp_path: Path, multiprocess: bool
+) -> None:
+    env = without_multiproc()
+    if multiprocess:
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
+    out = run_python("from agent.observe import metrics; print(metrics.render().decode())", env)
+    assert out.returncode == 0, out.stderr
+    expected = [
+        *(f'agent_claim_conflicts_total{{reason="{r}"}} 0.0' for r in CONFLICT_REASONS),
+        *(
+            f'agent_flow_runs_finished_total{{outcome="{o}"}} 0.0'
+            for o in ("completed", "failed", "crashed", "cancelled")
+        ),
+        *(f'agent_outbox_kept_total{{kind="{k}"}} 0.0' for k in ("state", "pid", "logs")),
+        *(f'agent_outbox_delivered_total{{kind="{k}"}} 0.0' for k in ("state", "pid", "logs")),
+        *(
+            f'agent_run_logs_dropped_total{{reason="{r}"}} 0.0'
+            for r in ("queue_full", "rejected", "invalid", "shutdown")
+        ),
+    ]
+    lines = set(out.stdout.splitlines())
+    assert [line for line in expected if line not in lines] == []
+
+
+def test_known_label_values_are_the_ones_the_code_counts_with() -> None:
+    from agent.api import outbox
+    from agent.core.claim import Claim
+
+    # What the poller counts: every claim result but the two that are no conflict.
+    assert set(CONFLICT_REASONS) == {
+        c.value for c in Claim if c not in (Claim.ACCEPTED, Claim.WAIT)
+    }
+    assert set(metrics.OUTBOX_KINDS) == {outbox.STATE, outbox.PID, outbox.LOGS}
+    source = (Path(metrics.__file__).parents[1] / "api" / "runlogs.py").read_text()
+    calls = re.findall(r"_drop\(([^()]*(?:\([^()]*\)[^()]*)*)\)", source)
+    counted = {r for call in calls for r in re.findall(r'"(\w+)"', call)}
+    assert counted and counted <= set(metrics.RUN_LOG_DROP_REASONS)
+
+
+def test_the_poller_start_logs_no_prometheus_warning(tmp_path: Path) -> None:
+    # What the poller does at start and at each change of its backend config.
+    publish = (
+        "from agent.observe import metrics\n"
+        "for name in ('agent-a', 'agent-b'):\n"
+        "    metrics.INFO.clear()\n"
+        "    metrics.INFO.labels('1.0', name, 'pool').set(1)\n"
+        "print(metrics.render().decode())\n"
+    )
+    env = {**without_multiproc(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = run_python(publish, env, "-W", "error::UserWarning")
+    assert out.returncode == 0, out.stderr
+    assert "Warning" not in out.stderr
+    assert 'agent_info{name="agent-b",pool="pool",version="1.0"} 1.0' in out.stdout
+    assert 'agent_info{name="agent-a",pool="pool",version="1.0"} 0.0' in out.stdout
+
+
+def test_metrics_files_are_0600_and_the_folders_made_for_them_0700(tmp_path: Path) -> None:
+    directory = tmp_path / "run" / "metrics"
+    env = {**without_multiproc(), "PROMETHEUS_MULTIPROC_DIR": str(directory)}
+    code = (
+        "import os; os.umask(0o022)\n"
+        "from agent.observe import metrics\n"
+        "metrics.INFO.labels('1.0', 'agent', 'pool').set(1)\n"
+        "metrics.API_LATENCY.labels('poll').observe(0.1)\n"
+    )
+    out = run_python(code, env)
+    assert out.returncode == 0, out.stderr
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in directory.iterdir()}
+    assert len(modes) == 4  # counter, histogram, two kinds of gauge
+    assert set(modes.values()) == {0o600}, modes
+    for folder in (tmp_path / "run", directory):
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700

@@ -13,15 +13,17 @@ from typing import Any
 import pytest
 
 from agent.api.client import PrefectClient
-from agent.api.outbox import STATE, Outbox, parse, pid_report, state_report
+from agent.api.outbox import PID, STATE, Outbox, Report, parse
 from agent.core.errors import ApiError, AuthError, NotFoundError, TransientApiError
 from agent.core.jobvars import base_job_template
+from agent.core.spec import JobSpec, dumps
 from agent.poller.loop import Poller
+from agent.poller.outage import RECOVERY_SECONDS, Outage, is_outage
 from agent.settings import defaults
 from agent.settings.config import ApiSettings, PollerConfig
 from agent.spool.files import read_json_object
 from agent.spool.locks import read_poller_state
-from agent.spool.moves import CUR, Spool
+from agent.spool.moves import CUR, DONE, NEW, Spool
 from agent.spool.registry import BUSY, DEAD, IDLE, Registry
 
 URL = "http://prefect.invalid/api"
@@ -43,6 +45,7 @@ class OutageClient(PrefectClient):
         self.states: dict[str, str] = {}
         self.probes: list[bool] = [False]
         self.probed = 0
+        self.cancelling: set[str] = set()  # shown Cancelling, of the runs asked about
 
     def request(
         self, call: str, method: str, path: str, json: Any = None, deadline: float | None = None
@@ -54,7 +57,12 @@ class OutageClient(PrefectClient):
             return {"name": "pool", "type": "local-agent", "base_job_template": base_job_template()}
         if call == "get_scheduled_flow_runs":
             return self.runs
-        if call in ("filter_flow_runs", "cancelling_flow_runs"):
+        if call == "cancelling_flow_runs":
+            asked = json["flow_runs"]["id"]["any_"]
+            return [
+                {"id": i, "state": {"type": "CANCELLING"}} for i in asked if i in self.cancelling
+            ]
+        if call == "filter_flow_runs":
             return []
         if call == "read_flow_run":
             run_id = path.rsplit("/", 1)[1]
@@ -78,14 +86,16 @@ class OutageClient(PrefectClient):
 
 
 class FakeSpool(Spool):
-    """An empty spool (no spec waiting or running) at a real path: the outbox is real."""
+    """An empty spool (no spec waiting or running unless a test lists some) at a real
+    path: the outbox is real."""
 
     def __init__(self, root: Path) -> None:
         super().__init__(root)
         self.running: list[str] = []
+        self.waiting: list[str] = []
 
     def run_ids(self, state: str) -> list[str]:
-        return self.running if state == CUR else []
+        return {CUR: self.running, NEW: self.waiting}.get(state, [])
 
     def probe(self) -> str | None:
         return None
@@ -125,7 +135,7 @@ def go_down(world: World, error: ApiError = DOWN) -> None:
     world.poller.tick()
     world.client.fail(error)
     world.poller.tick()
-    assert world.poller.api_down_since is not None
+    assert world.poller.s.outage.down_since is not None
 
 
 def timed_sleep(poller: Poller, seconds: float) -> float:
@@ -139,24 +149,25 @@ def timed_sleep(poller: Poller, seconds: float) -> float:
 
 def test_a_failed_tick_starts_an_outage_that_health_names(world: World) -> None:
     world.poller.tick()
-    assert world.poller.api_down_since is None
-    world.outbox.put(state_report("r1", CRASHED, False, "worker w1"))
-    world.outbox.put(pid_report("r1", "h:1", "worker w1"))
+    assert world.poller.s.outage.down_since is None
+    world.outbox.put(Report(STATE, "r1", state=CRASHED, force=False, source="worker w1"))
+    world.outbox.put(Report(PID, "r1", infrastructure_pid="h:1", source="worker w1"))
     world.client.fail(TransientApiError("read_flow_run", f"cannot reach {URL}"))
     before = time.time()
     assert world.poller.tick() == 0
-    assert world.poller.api_down_since is not None
-    assert before <= world.poller.api_down_since <= time.time()
+    assert world.poller.s.outage.down_since is not None
+    assert before <= world.poller.s.outage.down_since <= time.time()
 
     ok, checks = world.poller.health()
     assert not ok
     api = checks["api"]
     assert api["ok"] is False
-    assert api["unavailable_since"] == world.poller.api_down_since
+    assert api["unavailable_since"] == world.poller.s.outage.down_since
     assert api["outbox_reports"] == 2
     assert re.fullmatch(
         r"the Prefect API has been unavailable for \d+s, claiming nothing: "
-        rf"read_flow_run: cannot reach {re.escape(URL)}; 2 reports wait in the outbox",
+        rf"outbox delivery: read_flow_run: cannot reach {re.escape(URL)}; "
+        r"2 reports wait in the outbox",
         api["reason"],
     ), api["reason"]
     # The poll check is still fine: the last success is recent.
@@ -164,7 +175,7 @@ def test_a_failed_tick_starts_an_outage_that_health_names(world: World) -> None:
     # `agent status` reads the same from the poller's state file.
     state = read_poller_state(world.spool.root)
     assert state is not None
-    assert state["api_unavailable_since"] == world.poller.api_down_since
+    assert state["api_unavailable_since"] == world.poller.s.outage.down_since
     assert state["outbox_reports"] == 2
 
 
@@ -174,7 +185,7 @@ def test_health_reason_without_waiting_reports_says_only_the_error(world: World)
     assert api["outbox_reports"] == 0
     assert re.fullmatch(
         r"the Prefect API has been unavailable for \d+s, claiming nothing: "
-        rf"get_scheduled_flow_runs: cannot reach {re.escape(URL)}",
+        rf"claim: get_scheduled_flow_runs: cannot reach {re.escape(URL)}",
         api["reason"],
     ), api["reason"]
 
@@ -198,7 +209,7 @@ def test_calls_are_single_attempts_during_an_outage_only(world: World) -> None:
     world.client.fail(None)
     world.poller.tick()  # the first good tick is still made of single attempts
     assert world.client.calls and all(single for _, single in world.client.calls)
-    assert world.poller.api_down_since is None
+    assert world.poller.s.outage.down_since is None
     assert world.poller.health()[0]
 
     world.client.calls.clear()
@@ -210,8 +221,8 @@ def test_a_successful_tick_ends_the_outage(world: World) -> None:
     go_down(world)
     world.client.fail(None)
     world.poller.tick()
-    assert world.poller.api_down_since is None
-    assert world.poller.last_error is None
+    assert world.poller.s.outage.down_since is None
+    assert world.poller.s.last_error is None
     ok, checks = world.poller.health()
     assert ok
     assert checks["api"] == {
@@ -239,8 +250,8 @@ def test_which_failures_are_an_outage(world: World, error: ApiError, outage: boo
     world.poller.tick()
     world.client.fail(error)
     world.poller.tick()
-    assert (world.poller.api_down_since is not None) is outage
-    assert world.poller.last_error == str(error)
+    assert (world.poller.s.outage.down_since is not None) is outage
+    assert world.poller.s.last_error == f"claim: {error}"  # the duty, then the error
     assert world.poller.health()[1]["api"]["ok"] is not outage
     world.client.calls.clear()
     world.poller.tick()
@@ -259,14 +270,14 @@ def test_an_auth_error_is_not_an_outage_and_keeps_the_plain_backoff(
     for _ in range(8):
         world.poller.tick()
         intervals.append(world.poller.interval)
-    assert world.poller.api_down_since is None
+    assert world.poller.s.outage.down_since is None
     assert world.poller.health()[1]["api"]["ok"] is True
     assert all(not single for _, single in world.client.calls)
     assert intervals == [1.0, 2.0, 4.0, 8.0, 10.0, 10.0, 10.0, 10.0]
 
 
 def test_the_interval_during_an_outage_is_jittered_within_the_cap(world: World) -> None:
-    cap = world.poller.config.poll_interval_max
+    cap = world.poller.s.config.poll_interval_max
     world.poller.tick()
     world.client.fail(DOWN)
     intervals = []
@@ -283,12 +294,12 @@ def test_the_jitter_at_its_extremes_stays_bounded(
     world: World, monkeypatch: pytest.MonkeyPatch, factor: float
 ) -> None:
     monkeypatch.setattr("agent.poller.loop.random.uniform", lambda a, b: factor)
-    cap = world.poller.config.poll_interval_max
+    cap = world.poller.s.config.poll_interval_max
     world.poller.tick()
     world.client.fail(DOWN)
     for _ in range(30):
         world.poller.tick()
-        assert world.poller.config.poll_interval_min <= world.poller.interval <= cap * 1.2
+        assert world.poller.s.config.poll_interval_min <= world.poller.interval <= cap * 1.2
     assert world.poller.interval == pytest.approx(cap * factor)
 
 
@@ -328,15 +339,27 @@ def test_sleep_does_not_return_early_while_health_answers_but_calls_fail(world: 
 
 
 @pytest.mark.usefixtures("fast_probes")
-def test_sleep_keeps_the_backoff_after_a_return_that_did_not_last(world: World) -> None:
+def test_after_a_return_that_did_not_last_rounds_follow_each_probe_until_the_window_ends(
+    world: World,
+) -> None:
     """The API came back (a probe failed, then succeeded), the next tick failed again
-    while /health keeps answering: the following sleep is the loop's backoff again, not
-    one probe long."""
+    while /health keeps answering (a SQLite server answering 503 "database is locked"
+    after its restart): for RECOVERY_SECONDS each good probe starts a round, so the
+    first claim comes within a probe of the server's recovery; after that window the
+    sleep is the loop's backoff again, not one probe long."""
+    offset = [0.0]
+    world.poller.s.outage = Outage(world.client, clock=lambda: time.monotonic() + offset[0])
     go_down(world)
     world.client.probes = [False, True]
     assert timed_sleep(world.poller, 30.0) < 10.0
     world.poller.tick()  # /health answers, the calls still fail
-    assert world.poller.api_down_since is not None
+    assert world.poller.s.outage.down_since is not None
+    elapsed = timed_sleep(world.poller, 0.3)
+    assert elapsed < 0.29, "within the recovery window: a round at the next good probe"
+
+    offset[0] += RECOVERY_SECONDS
+    world.poller.tick()
+    assert world.poller.s.outage.down_since is not None
     probed = world.client.probed
     elapsed = timed_sleep(world.poller, 0.3)
     assert elapsed >= 0.29, f"returned after {elapsed:.3f}s, at probe {world.client.probed}"
@@ -383,17 +406,39 @@ def test_a_cancellation_look_that_fails_between_polls_starts_the_outage(world: W
     # retries, health names the outage at once and the sleep probes instead of calling.
     world.spool.running = ["r1"]
     world.poller.tick()
-    assert world.poller.api_down_since is None
+    assert world.poller.s.outage.down_since is None
     world.client.fail(DOWN, "cancelling_flow_runs")
-    world.poller._next_cancel_check = float("-inf")
-    world.poller.check_cancellations_if_due()
-    assert world.poller.api_down_since is not None
-    assert world.poller.last_error == str(DOWN)
+    world.poller.duty("cancellations").next_at = float("-inf")
+    world.client.probes = [False]
+    world.client.calls.clear()
+    assert timed_sleep(world.poller, 30.0) < 10.0  # seen between rounds: the sleep ends
+    assert world.client.names() == ["cancelling_flow_runs"]
+    assert world.poller.s.outage.down_since is not None
+    assert world.poller.s.outage.last_error == str(DOWN)
     assert world.poller.health()[1]["api"]["ok"] is False
     world.client.calls.clear()
     world.client.probes = [False]
     timed_sleep(world.poller, 0.1)
     assert world.client.calls == []  # no more cancellation looks while it is away
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent code: health's api reason reads Shared.last_error, which only tick() "
+    "sets; a cancellation look failing in _sleep leaves it None; see the helper's report",
+)
+@pytest.mark.usefixtures("fast_probes")
+def test_health_names_the_error_of_a_cancellation_look_that_failed_between_polls(
+    world: World,
+) -> None:
+    world.spool.running = ["r1"]
+    world.poller.tick()
+    world.client.fail(DOWN, "cancelling_flow_runs")
+    world.poller.duty("cancellations").next_at = float("-inf")
+    world.client.probes = [False]
+    timed_sleep(world.poller, 30.0)
+    reason = world.poller.health()[1]["api"]["reason"]
+    assert str(DOWN) in reason, reason  # today: "... claiming nothing: None"
 
 
 # -- the outbox in a tick -----------------------------------------------------------------------
@@ -402,7 +447,7 @@ def test_a_cancellation_look_that_fails_between_polls_starts_the_outage(world: W
 def test_the_outbox_is_delivered_before_the_poll(world: World) -> None:
     world.poller.tick()
     world.client.calls.clear()
-    world.outbox.put(state_report("r1", CRASHED, False, "worker w1"))
+    world.outbox.put(Report(STATE, "r1", state=CRASHED, force=False, source="worker w1"))
     world.poller.tick()
     names = world.client.names()
     assert names.index("read_flow_run") < names.index("set_flow_run_state")
@@ -414,26 +459,26 @@ def test_the_outbox_is_delivered_before_the_poll(world: World) -> None:
 
 def test_the_outbox_goes_first_in_the_first_tick_after_an_outage(world: World) -> None:
     go_down(world)
-    world.outbox.put(pid_report("r1", "h:1", "worker w1"))
+    world.outbox.put(Report(PID, "r1", infrastructure_pid="h:1", source="worker w1"))
     world.client.fail(None)
     world.client.calls.clear()
     world.poller.tick()
     assert world.client.names() == ["update_flow_run", "get_scheduled_flow_runs"]
     assert world.outbox.count() == 0
-    assert world.poller.api_down_since is None
+    assert world.poller.s.outage.down_since is None
 
 
 @pytest.mark.parametrize("call", ["read_flow_run", "set_flow_run_state"])
 def test_a_transient_failure_delivering_the_outbox_is_an_outage(world: World, call: str) -> None:
     world.poller.tick()
-    path = world.outbox.put(state_report("r1", CRASHED, False, "worker w1"))
+    path = world.outbox.put(Report(STATE, "r1", state=CRASHED, force=False, source="worker w1"))
     world.client.calls.clear()
     world.client.fail(TransientApiError(call, "HTTP 503: Service Unavailable", 503), call)
     assert world.poller.tick() == 0
     assert path.exists()
     assert "get_scheduled_flow_runs" not in world.client.names()  # no claims meanwhile
-    assert world.poller.api_down_since is not None
-    assert world.poller.last_error == f"{call}: HTTP 503: Service Unavailable"
+    assert world.poller.s.outage.down_since is not None
+    assert world.poller.s.last_error == f"outbox delivery: {call}: HTTP 503: Service Unavailable"
     reason = world.poller.health()[1]["api"]["reason"]
     assert reason.endswith("; 1 reports wait in the outbox")
 
@@ -441,7 +486,7 @@ def test_a_transient_failure_delivering_the_outbox_is_an_outage(world: World, ca
     world.poller.tick()
     assert not path.exists()
     assert world.client.states["r1"] == "CRASHED"
-    assert world.poller.api_down_since is None
+    assert world.poller.s.outage.down_since is None
 
 
 def test_one_report_the_server_keeps_failing_does_not_stop_claims_for_good(world: World) -> None:
@@ -449,7 +494,7 @@ def test_one_report_the_server_keeps_failing_does_not_stop_claims_for_good(world
     time: a server bug, a payload it chokes on). Kept and retried, fine; but the claims
     of every other run must not wait on it forever."""
     world.poller.tick()
-    world.outbox.put(state_report("r1", CRASHED, False, "worker w1"))
+    world.outbox.put(Report(STATE, "r1", state=CRASHED, force=False, source="worker w1"))
     world.client.fail(
         ApiError("set_flow_run_state", "HTTP 500: Internal Server Error", 500), "set_flow_run_state"
     )
@@ -471,9 +516,26 @@ def test_an_outbox_the_poller_cannot_list_does_not_end_the_poller(world: World) 
 # -- reports the poller makes itself -----------------------------------------------------------
 
 
+def cancel_a_waiting_run(world: World) -> str:
+    """A spec waiting in new/ whose run Prefect shows Cancelling: the cancellation duty
+    takes it out of the spool and reports it Cancelled (through the poller's reporter)."""
+    run_id = "r1"
+    world.spool.ensure()
+    world.spool.write_ahead(run_id, dumps(JobSpec(run_id, "pool", "claim-1", "a1")))
+    world.spool.publish(run_id)
+    world.spool.waiting = [run_id]
+    world.client.cancelling = {run_id}
+    world.poller.cancellations.run()
+    world.spool.waiting = []
+    assert world.spool.dir(DONE).joinpath(f"{run_id}.json").exists()
+    return run_id
+
+
 def test_a_cancelled_report_that_fails_waits_in_the_outbox(world: World) -> None:
-    world.client.fail(TransientApiError("set_flow_run_state", f"cannot reach {URL}"))
-    world.poller._report_cancelled_waiting("r1", "Cancelled by agent a1 before it started", False)
+    world.client.fail(
+        TransientApiError("set_flow_run_state", f"cannot reach {URL}"), "set_flow_run_state"
+    )
+    cancel_a_waiting_run(world)
     [(path, report, problem)] = list(world.outbox.pending())
     assert problem == "" and report is not None
     assert path.parent == world.spool.root / "outbox"
@@ -497,8 +559,12 @@ def test_a_cancelled_report_that_fails_waits_in_the_outbox(world: World) -> None
 
 
 def test_a_cancelled_report_the_server_refuses_is_not_kept(world: World) -> None:
-    world.client.fail(ApiError("set_flow_run_state", "HTTP 422: Unprocessable Entity", 422))
-    world.poller._report_cancelled_waiting("r1", "Cancelled by agent a1 before it started", False)
+    world.client.fail(
+        ApiError("set_flow_run_state", "HTTP 422: Unprocessable Entity", 422),
+        "set_flow_run_state",
+    )
+    cancel_a_waiting_run(world)
+    assert world.client.names().count("set_flow_run_state") == 1  # tried once
     assert world.outbox.count() == 0
 
 
@@ -544,3 +610,154 @@ def test_single_attempt_is_restored_when_the_block_raises() -> None:
         assert client._single_attempt is True
         raise RuntimeError("boom")
     assert client._single_attempt is False
+
+
+# -- the Outage object alone, on a clock the test moves ------------------------------------
+
+
+class Clock:
+    """Monotonic and wall time the test sets by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def wall(self) -> float:
+        return 1_700_000_000.0 + self.now
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def outage_on(clock: Clock, *probes: bool) -> tuple[Outage, OutageClient]:
+    client = OutageClient()
+    client.probes = list(probes) or [False]
+    return Outage(client, clock=clock, wall=clock.wall), client
+
+
+def test_an_outage_starts_at_the_first_failure_and_keeps_its_start(clock: Clock) -> None:
+    outage, _ = outage_on(clock)
+    assert not outage.active and outage.down_since is None
+    outage.failed(DOWN)
+    assert outage.active and outage.down_since == clock.wall()
+    started = outage.down_since
+    clock.now += 5
+    later = TransientApiError("heartbeat", "HTTP 503", 503)
+    outage.failed(later)
+    assert outage.down_since == started  # goes on; not restarted
+    assert outage.last_error == str(later)
+    outage.ok()
+    assert not outage.active and outage.down_since is None and outage.last_error is None
+
+
+def test_the_health_endpoint_is_probed_at_most_every_probe_interval(clock: Clock) -> None:
+    assert defaults.API_PROBE_SECONDS == 1.0
+    outage, client = outage_on(clock, False)
+    outage.failed(DOWN)
+    assert outage.returned() is False
+    assert client.probed == 1
+    for step in (0.25, 0.5, 0.99):  # within the interval: no probe at all
+        clock.now = 1000.0 + step
+        assert outage.returned() is False
+    assert client.probed == 1
+    clock.now = 1001.0
+    assert outage.returned() is False
+    assert client.probed == 2
+    clock.now = 1001.5
+    outage.returned()
+    assert client.probed == 2
+
+
+def test_a_good_probe_after_a_failed_one_starts_a_round_at_once(clock: Clock) -> None:
+    outage, client = outage_on(clock, False, False, True)
+    outage.failed(DOWN)
+    assert outage.returned() is False
+    clock.now += 1.0
+    assert outage.returned() is False
+    clock.now += 1.0
+    assert outage.returned() is True  # the first good probe: a round now
+    assert client.probed == 3
+
+
+def test_a_server_answering_health_from_the_start_is_left_to_the_loops_backoff(
+    clock: Clock,
+) -> None:
+    """Its database is away, say: /health answers while calls fail. Without a failed
+    probe first nothing says it came back: a round per probe would be a poll a second."""
+    outage, client = outage_on(clock, True)
+    outage.failed(TransientApiError("get_scheduled_flow_runs", "HTTP 503", 503))
+    for _ in range(10):
+        assert outage.returned() is False
+        clock.now += 1.0
+    assert client.probed == 10
+
+
+def test_in_the_recovery_window_each_good_probe_starts_a_round(clock: Clock) -> None:
+    """A SQLite server back from a restart answers /health at once and 503 "database is
+    locked" to calls for a while: rounds follow about every second (each probe) for
+    RECOVERY_SECONDS after its return, so the first claim comes within about a second
+    of its recovery; after the window, the loop's backoff again."""
+    outage, client = outage_on(clock, False, True)
+    outage.failed(DOWN)
+    assert outage.returned() is False
+    clock.now += 1.0
+    returned_at = clock.now
+    assert outage.returned() is True
+    rounds = []
+    while clock.now < returned_at + RECOVERY_SECONDS + 5:
+        clock.now += 0.25
+        if outage.returned():
+            outage.failed(TransientApiError("get_scheduled_flow_runs", "HTTP 503", 503))
+            rounds.append(clock.now - returned_at)
+    gaps = [b - a for a, b in zip([0.0, *rounds], rounds, strict=False)]
+    assert gaps and max(gaps) <= defaults.API_PROBE_SECONDS + 0.25  # within about a second
+    assert rounds[-1] < RECOVERY_SECONDS  # and only inside the window
+    assert len(rounds) >= RECOVERY_SECONDS / defaults.API_PROBE_SECONDS - 2
+    assert client.probed > len(rounds)  # still probed after the window, no round
+
+
+def test_a_failed_probe_in_the_window_then_a_good_one_starts_a_round(clock: Clock) -> None:
+    outage, _ = outage_on(clock, False, True, False, True)
+    outage.failed(DOWN)
+    outage.returned()
+    clock.now += 1.0
+    assert outage.returned() is True
+    clock.now += 1.0
+    assert outage.returned() is False  # away again
+    clock.now += 1.0
+    assert outage.returned() is True  # back: a round at once
+
+
+def test_the_end_of_an_outage_closes_the_recovery_window(clock: Clock) -> None:
+    outage, _ = outage_on(clock, False, True)
+    outage.failed(DOWN)
+    outage.returned()
+    clock.now += 1.0
+    assert outage.returned() is True
+    outage.ok()  # the round went through
+    outage.failed(DOWN)  # a new outage, /health answering from its start
+    for _ in range(5):
+        clock.now += 1.0
+        assert outage.returned() is False
+
+
+@pytest.mark.parametrize(
+    ("error", "away"),
+    [
+        (TransientApiError("c", "cannot reach"), True),
+        (TransientApiError("c", "HTTP 429", 429), True),
+        (ApiError("c", "HTTP 500", 500), True),
+        (ApiError("c", "no status"), True),
+        (AuthError("c", "HTTP 401", 401), False),
+        (NotFoundError("c", "HTTP 404", 404), False),
+        (ApiError("c", "HTTP 422", 422), False),
+        (ValueError("not an API error"), False),
+    ],
+    ids=["unreachable", "429", "500", "no-status", "401", "404", "422", "not-api"],
+)
+def test_is_outage_says_the_api_is_away_not_refusing_us(error: Exception, away: bool) -> None:
+    assert is_outage(error) is away

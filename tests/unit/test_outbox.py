@@ -1,5 +1,6 @@
-"""agent/api/outbox.py: reports kept on disk (real files in tmp_path) and delivered once to a
-fake API client that keeps each flow run's state and records every call."""
+"""agent/api/outbox.py: reports kept on disk (real files in tmp_path), and their delivery
+(`Reporter.deliver`, agent/api/reporter.py) once to a fake API client that keeps each
+flow run's state and records every call."""
 
 from __future__ import annotations
 
@@ -25,10 +26,9 @@ from agent.api.outbox import (
     Report,
     logs_report,
     parse,
-    pid_report,
-    state_report,
     worth_keeping,
 )
+from agent.api.reporter import Reporter
 from agent.core.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
 from agent.settings.config import ApiSettings
 
@@ -86,6 +86,10 @@ def api() -> FakeApi:
     return FakeApi()
 
 
+def deliver(outbox: Outbox, api: PrefectClient) -> int:
+    return Reporter(api, outbox).deliver()
+
+
 def run_id() -> str:
     return str(uuid.uuid4())
 
@@ -126,9 +130,9 @@ def test_worth_keeping_what_a_later_delivery_can_succeed_after() -> None:
 @pytest.mark.parametrize(
     "report",
     [
-        state_report("r1", CRASHED, False, "worker w1"),
-        state_report("r1", CANCELLED, True, "poller"),
-        pid_report("r1", "host-1:4242", "worker w2"),
+        Report(STATE, "r1", state=CRASHED, force=False, source="worker w1"),
+        Report(STATE, "r1", state=CANCELLED, force=True, source="poller"),
+        Report(PID, "r1", infrastructure_pid="host-1:4242", source="worker w2"),
         logs_report(ENTRIES, "worker w1"),
     ],
     ids=["state", "forced-state", "pid", "logs"],
@@ -147,8 +151,16 @@ def test_put_and_read_back_round_trip(outbox: Outbox, report: Report) -> None:
     assert found == replace(report, created=found.created)
 
 
+def test_settles_round_trips_and_a_file_of_an_earlier_version_settles() -> None:
+    kept = Report(STATE, "r1", state=CANCELLED, force=False, settles=False, source="poller")
+    assert parse(json.loads(kept.to_json())).settles is False
+    body = json.loads(kept.to_json())
+    del body["settles"]  # written before the field existed
+    assert parse(body).settles is True
+
+
 def test_only_the_fields_of_its_kind_are_written() -> None:
-    assert set(json.loads(state_report("r", CRASHED, True, "s").to_json())) == {
+    assert set(json.loads(Report(STATE, "r", state=CRASHED, force=True, source="s").to_json())) == {
         "version",
         "kind",
         "source",
@@ -156,8 +168,9 @@ def test_only_the_fields_of_its_kind_are_written() -> None:
         "flow_run_id",
         "state",
         "force",
+        "settles",
     }
-    assert set(json.loads(pid_report("r", "h:1", "s").to_json())) == {
+    assert set(json.loads(Report(PID, "r", infrastructure_pid="h:1", source="s").to_json())) == {
         "version",
         "kind",
         "source",
@@ -175,13 +188,13 @@ def test_only_the_fields_of_its_kind_are_written() -> None:
 
 
 def test_a_dot_named_half_written_file_is_never_listed(outbox: Outbox, api: FakeApi) -> None:
-    whole = outbox.put(pid_report("r1", "h:1", "worker w1"))
+    whole = outbox.put(Report(PID, "r1", infrastructure_pid="h:1", source="worker w1"))
     half = write_raw(outbox, "." + whole.name, b'{"version": 1, "kind": "pi')
     tmp = write_raw(outbox, f".{whole.name}.{os.getpid()}.tmp", b"{")
     other = write_raw(outbox, "notes.txt", b"not a report")
     assert outbox.paths() == [whole]
     assert outbox.count() == 1
-    assert outbox.deliver(api) == 1
+    assert deliver(outbox, api) == 1
     assert outbox.count() == 0
     assert half.exists() and tmp.exists() and other.exists()  # never read, never removed
 
@@ -189,21 +202,23 @@ def test_a_dot_named_half_written_file_is_never_listed(outbox: Outbox, api: Fake
 def test_missing_outbox_is_empty(outbox: Outbox, api: FakeApi) -> None:
     assert not outbox.dir.exists()
     assert outbox.paths() == [] and outbox.count() == 0
-    assert outbox.deliver(api) == 0
+    assert deliver(outbox, api) == 0
     assert api.calls == []
 
 
 def test_reports_are_listed_and_delivered_oldest_first(outbox: Outbox, api: FakeApi) -> None:
-    first = outbox.put(pid_report("r1", "h:1", "worker w1"))
-    second = outbox.put(state_report("r2", CRASHED, False, "worker w2"))
+    first = outbox.put(Report(PID, "r1", infrastructure_pid="h:1", source="worker w1"))
+    second = outbox.put(Report(STATE, "r2", state=CRASHED, force=False, source="worker w2"))
     third = outbox.put(logs_report(ENTRIES, "worker w1"))
     assert outbox.paths() == [first, second, third]
     # By the time in the name, not by when the file was written.
     older = write_raw(
-        outbox, "00000000000000000001-1-pid-r0.json", pid_report("r0", "h:0", "x").to_json()
+        outbox,
+        "00000000000000000001-1-pid-r0.json",
+        Report(PID, "r0", infrastructure_pid="h:0", source="x").to_json(),
     )
     assert outbox.paths() == [older, first, second, third]
-    assert outbox.deliver(api) == 4
+    assert deliver(outbox, api) == 4
     assert [c[0] for c in api.calls] == [
         "update_flow_run",
         "update_flow_run",
@@ -220,8 +235,8 @@ def test_reports_are_listed_and_delivered_oldest_first(outbox: Outbox, api: Fake
 def test_a_state_report_for_a_running_run_is_sent_and_removed(outbox: Outbox, api: FakeApi) -> None:
     rid = run_id()
     api.states[rid] = "RUNNING"
-    path = outbox.put(state_report(rid, CRASHED, False, "worker w1"))
-    assert outbox.deliver(api) == 1
+    path = outbox.put(Report(STATE, rid, state=CRASHED, force=False, source="worker w1"))
+    assert deliver(outbox, api) == 1
     assert api.calls == [
         ("read_flow_run", "GET", f"/flow_runs/{rid}", None),
         (
@@ -239,11 +254,11 @@ def test_a_state_report_for_a_running_run_is_sent_and_removed(outbox: Outbox, ap
 def test_the_same_report_again_is_not_sent_a_second_time(outbox: Outbox, api: FakeApi) -> None:
     """A report the server took just before a crash, whose file was not yet deleted."""
     rid = run_id()
-    report = state_report(rid, CRASHED, False, "worker w1")
+    report = Report(STATE, rid, state=CRASHED, force=False, source="worker w1")
     outbox.put(report)
-    assert outbox.deliver(api) == 1
+    assert deliver(outbox, api) == 1
     again = outbox.put(report)
-    assert outbox.deliver(api) == 1  # done with: looked at and removed
+    assert deliver(outbox, api) == 1  # done with: looked at and removed
     assert not again.exists()
     assert len(api.named("set_flow_run_state")) == 1
     assert len(api.named("read_flow_run")) == 2
@@ -263,6 +278,8 @@ def test_the_same_report_again_is_not_sent_a_second_time(outbox: Outbox, api: Fa
         ("COMPLETED", CRASHED, False, False),  # a late Crashed never replaces Completed
         ("CANCELLED", CRASHED, False, False),
         ("FAILED", CRASHED, False, False),
+        ("PAUSED", CRASHED, False, False),  # a suspended run is never a crash
+        ("PAUSED", CANCELLED, True, False),  # Prefect resumes it; the agent never ends it
     ],
 )
 def test_a_state_report_is_sent_only_over_what_it_may_replace(
@@ -270,9 +287,9 @@ def test_a_state_report_is_sent_only_over_what_it_may_replace(
 ) -> None:
     rid = run_id()
     api.states[rid] = current
-    path = outbox.put(state_report(rid, state, force, "worker w1"))
+    path = outbox.put(Report(STATE, rid, state=state, force=force, source="worker w1"))
     before = delivered(STATE)
-    assert outbox.deliver(api) == 1
+    assert deliver(outbox, api) == 1
     proposed = [c[3] for c in api.named("set_flow_run_state")]
     assert proposed == ([{"state": state, "force": force}] if sent else [])
     assert api.states[rid] == (state["type"] if sent else current)
@@ -296,8 +313,8 @@ def test_a_refused_answer_still_removes_the_report(outbox: Outbox, api: FakeApi)
             return super().request(call, method, path, json, deadline)
 
     aborting = Aborting()
-    path = outbox.put(state_report(run_id(), CRASHED, False, "worker w1"))
-    assert outbox.deliver(aborting) == 1
+    path = outbox.put(Report(STATE, run_id(), state=CRASHED, force=False, source="worker w1"))
+    assert deliver(outbox, aborting) == 1
     assert len(aborting.named("set_flow_run_state")) == 1
     assert not path.exists()
 
@@ -309,18 +326,18 @@ def test_a_transient_failure_keeps_the_report_and_stops_delivery(
     outbox: Outbox, api: FakeApi
 ) -> None:
     rid = run_id()
-    first = outbox.put(state_report(rid, CRASHED, False, "worker w1"))
-    second = outbox.put(pid_report(rid, "h:7", "worker w1"))
+    first = outbox.put(Report(STATE, rid, state=CRASHED, force=False, source="worker w1"))
+    second = outbox.put(Report(PID, rid, infrastructure_pid="h:7", source="worker w1"))
     api.errors["read_flow_run"] = TransientApiError("read_flow_run", f"cannot reach {URL}")
     before = delivered(STATE), delivered(PID)
     with pytest.raises(TransientApiError):
-        outbox.deliver(api)
+        deliver(outbox, api)
     assert first.exists() and second.exists()
     assert [c[0] for c in api.calls] == ["read_flow_run"]  # the pid report was not tried
     assert (delivered(STATE), delivered(PID)) == before
 
     del api.errors["read_flow_run"]
-    assert outbox.deliver(api) == 2
+    assert deliver(outbox, api) == 2
     assert [c[0] for c in api.calls] == [
         "read_flow_run",
         "read_flow_run",
@@ -342,11 +359,11 @@ def test_a_transient_failure_keeps_the_report_and_stops_delivery(
 def test_the_api_away_or_refusing_us_keeps_the_report_and_stops_delivery(
     outbox: Outbox, api: FakeApi, error: ApiError
 ) -> None:
-    path = outbox.put(state_report(run_id(), CRASHED, False, "worker w1"))
-    later = outbox.put(pid_report(run_id(), "h:1", "worker w1"))
+    path = outbox.put(Report(STATE, run_id(), state=CRASHED, force=False, source="worker w1"))
+    later = outbox.put(Report(PID, run_id(), infrastructure_pid="h:1", source="worker w1"))
     api.errors["set_flow_run_state"] = error
     with pytest.raises(type(error)):
-        outbox.deliver(api)
+        deliver(outbox, api)
     assert path.exists() and later.exists()
     assert api.named("update_flow_run") == []
 
@@ -354,10 +371,10 @@ def test_the_api_away_or_refusing_us_keeps_the_report_and_stops_delivery(
 def test_an_http_500_keeps_the_report(outbox: Outbox, api: FakeApi) -> None:
     """Kept for a later try (whether the reports after it wait too is the poller's
     concern: see test_outage.py, one report failing for good must not stop claims)."""
-    path = outbox.put(state_report(run_id(), CRASHED, False, "worker w1"))
+    path = outbox.put(Report(STATE, run_id(), state=CRASHED, force=False, source="worker w1"))
     api.errors["set_flow_run_state"] = ApiError("set_flow_run_state", "HTTP 500: Oops", 500)
     try:
-        outbox.deliver(api)
+        deliver(outbox, api)
     except ApiError as exc:
         assert exc.status == 500
     assert path.exists()
@@ -374,12 +391,12 @@ def test_an_http_500_keeps_the_report(outbox: Outbox, api: FakeApi) -> None:
 def test_a_report_the_server_refuses_is_dropped_and_the_rest_go_on(
     outbox: Outbox, api: FakeApi, error: ApiError, caplog: pytest.LogCaptureFixture
 ) -> None:
-    refused = outbox.put(state_report(run_id(), CRASHED, False, "worker w1"))
-    after = outbox.put(pid_report(run_id(), "h:1", "worker w1"))
+    refused = outbox.put(Report(STATE, run_id(), state=CRASHED, force=False, source="worker w1"))
+    after = outbox.put(Report(PID, run_id(), infrastructure_pid="h:1", source="worker w1"))
     api.errors["read_flow_run"] = error
     before = delivered(STATE)
-    with caplog.at_level(logging.INFO, logger="agent.api.outbox"):
-        assert outbox.deliver(api) == 2
+    with caplog.at_level(logging.INFO, logger="agent.api.reporter"):
+        assert deliver(outbox, api) == 2
     assert not refused.exists() and not after.exists()
     assert api.named("set_flow_run_state") == []
     assert len(api.named("update_flow_run")) == 1
@@ -389,9 +406,9 @@ def test_a_report_the_server_refuses_is_dropped_and_the_rest_go_on(
 
 
 def test_a_refused_pid_report_is_dropped(outbox: Outbox, api: FakeApi) -> None:
-    path = outbox.put(pid_report(run_id(), "h:1", "worker w1"))
+    path = outbox.put(Report(PID, run_id(), infrastructure_pid="h:1", source="worker w1"))
     api.errors["update_flow_run"] = NotFoundError("update_flow_run", "HTTP 404", 404)
-    assert outbox.deliver(api) == 1
+    assert deliver(outbox, api) == 1
     assert not path.exists()
 
 
@@ -433,10 +450,10 @@ def test_an_unusable_file_is_removed_with_an_error_and_blocks_nothing(
     problem: str,
 ) -> None:
     bad = write_raw(outbox, "00000000000000000001-1-x-r.json", content)
-    good = outbox.put(pid_report("r2", "h:2", "worker w1"))
+    good = outbox.put(Report(PID, "r2", infrastructure_pid="h:2", source="worker w1"))
     assert outbox.paths() == [bad, good]
-    with caplog.at_level(logging.ERROR, logger="agent.api.outbox"):
-        assert outbox.deliver(api) == 1  # the good one; the bad one is not counted
+    with caplog.at_level(logging.ERROR, logger="agent.api.reporter"):
+        assert deliver(outbox, api) == 1  # the good one; the bad one is not counted
     assert not bad.exists() and not good.exists()
     assert api.calls == [
         ("update_flow_run", "PATCH", "/flow_runs/r2", {"infrastructure_pid": "h:2"})
@@ -452,8 +469,8 @@ def test_an_unusable_file_is_removed_with_an_error_and_blocks_nothing(
 
 def test_a_pid_report_sets_the_infrastructure_pid(outbox: Outbox, api: FakeApi) -> None:
     rid = run_id()
-    outbox.put(pid_report(rid, "host-1:4242", "worker w1"))
-    assert outbox.deliver(api) == 1
+    outbox.put(Report(PID, rid, infrastructure_pid="host-1:4242", source="worker w1"))
+    assert deliver(outbox, api) == 1
     assert api.calls == [
         ("update_flow_run", "PATCH", f"/flow_runs/{rid}", {"infrastructure_pid": "host-1:4242"})
     ]  # no read first: a pid is set again harmlessly
@@ -461,7 +478,7 @@ def test_a_pid_report_sets_the_infrastructure_pid(outbox: Outbox, api: FakeApi) 
 
 def test_a_logs_report_posts_its_entries(outbox: Outbox, api: FakeApi) -> None:
     outbox.put(logs_report(ENTRIES, "worker w1"))
-    assert outbox.deliver(api) == 1
+    assert deliver(outbox, api) == 1
     assert api.calls == [("create_logs", "POST", "/logs/", ENTRIES)]
 
 
@@ -470,9 +487,9 @@ def test_a_logs_report_posts_its_entries(outbox: Outbox, api: FakeApi) -> None:
 
 def test_kept_and_delivered_are_counted_by_kind(outbox: Outbox, api: FakeApi) -> None:
     before = {kind: (kept(kind), delivered(kind)) for kind in (STATE, PID, LOGS)}
-    outbox.put(state_report(run_id(), CRASHED, False, "worker w1"))
-    outbox.put(state_report(run_id(), CANCELLED, True, "poller"))
-    outbox.put(pid_report(run_id(), "h:1", "worker w1"))
+    outbox.put(Report(STATE, run_id(), state=CRASHED, force=False, source="worker w1"))
+    outbox.put(Report(STATE, run_id(), state=CANCELLED, force=True, source="poller"))
+    outbox.put(Report(PID, run_id(), infrastructure_pid="h:1", source="worker w1"))
     outbox.put(logs_report(ENTRIES, "worker w1"))
     assert {k: kept(k) - before[k][0] for k in (STATE, PID, LOGS)} == {STATE: 2, PID: 1, LOGS: 1}
     assert {k: delivered(k) - before[k][1] for k in (STATE, PID, LOGS)} == {
@@ -480,7 +497,7 @@ def test_kept_and_delivered_are_counted_by_kind(outbox: Outbox, api: FakeApi) ->
         PID: 0,
         LOGS: 0,
     }
-    assert outbox.deliver(api) == 4
+    assert deliver(outbox, api) == 4
     assert {k: delivered(k) - before[k][1] for k in (STATE, PID, LOGS)} == {
         STATE: 2,
         PID: 1,
@@ -498,7 +515,7 @@ def test_put_under_a_regular_file_is_a_spool_error(tmp_path: Path) -> None:
     outbox = Outbox(blocker / "spool")
     before = kept(PID)
     with pytest.raises(SpoolError, match="cannot keep a report in") as info:
-        outbox.put(pid_report("r1", "h:1", "worker w1"))
+        outbox.put(Report(PID, "r1", infrastructure_pid="h:1", source="worker w1"))
     assert str(outbox.dir) in str(info.value)
     assert isinstance(info.value.__cause__, NotADirectoryError)
     assert kept(PID) == before
@@ -509,7 +526,7 @@ def test_put_where_the_outbox_is_a_file_is_a_spool_error(tmp_path: Path) -> None
     outbox = Outbox(tmp_path)
     outbox.dir.write_bytes(b"")  # something else took the name
     with pytest.raises(SpoolError):
-        outbox.put(state_report("r1", CRASHED, False, "worker w1"))
+        outbox.put(Report(STATE, "r1", state=CRASHED, force=False, source="worker w1"))
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
@@ -519,7 +536,7 @@ def test_put_into_a_read_only_outbox_is_a_spool_error(tmp_path: Path) -> None:
     os.chmod(outbox.dir, 0o500)
     try:
         with pytest.raises(SpoolError):
-            outbox.put(state_report("r1", CRASHED, False, "worker w1"))
+            outbox.put(Report(STATE, "r1", state=CRASHED, force=False, source="worker w1"))
     finally:
         os.chmod(outbox.dir, 0o700)
     assert list(outbox.dir.iterdir()) == []

@@ -1,4 +1,4 @@
-"""Stranded runs (`Poller.reconcile_stranded`): runs Prefect shows Pending or Running for
+"""Stranded runs (the poller's "stranded runs" duty, agent/poller/stranded.py): runs Prefect shows Pending or Running for
 this agent on this host that the spool has no spec for. A real Poller and a real Spool
 in tmp_path; a fake API client that answers /flow_runs/filter with what the test lists
 (unfiltered, as a server that ignored the filter would) and records every call."""
@@ -106,7 +106,7 @@ class FakeClient(PrefectClient):
             return found
         if call == "set_flow_run_state":
             return {**self.state_answer, "state": json["state"]}
-        if call == "get_scheduled_flow_runs":
+        if call in ("get_scheduled_flow_runs", "cancelling_flow_runs"):
             return []
         return None
 
@@ -137,7 +137,7 @@ class World:
             cloud_logs=False,
         )
         self.poller = Poller(config, self.client, self.spool, FakeRegistry(idle=0))
-        self.poller._setup_pool()
+        self.poller.claiming.setup_pool()
 
     def add(self, **kwargs: Any) -> str:
         run = flow_run(**kwargs)
@@ -182,7 +182,7 @@ def claimed_total() -> float:
 def test_a_never_started_pending_run_is_spooled_again_as_claim_would(world: World) -> None:
     run_id = world.add()
     before = claimed_total()
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
 
     assert world.spool.run_ids(NEW) == [run_id]
     assert world.spool.run_ids(TMP) == []
@@ -226,11 +226,11 @@ class RecordedRunLogs:
 
 def test_with_cloud_logs_the_run_says_in_prefect_why_it_was_spooled_again(world: World) -> None:
     runlogs = RecordedRunLogs()
-    config = replace(world.poller.config, cloud_logs=True)
+    config = replace(world.poller.s.config, cloud_logs=True)
     poller = Poller(config, world.client, world.spool, FakeRegistry(idle=0), runlogs)
-    poller._setup_pool()
+    poller.claiming.setup_pool()
     run_id = world.add()
-    poller.reconcile_stranded()
+    poller.stranded.run()
     assert loads(world.spool.read(NEW, run_id)).cloud_logs is True
     assert runlogs.lines == [
         (
@@ -244,7 +244,7 @@ def test_with_cloud_logs_the_run_says_in_prefect_why_it_was_spooled_again(world:
 
 def test_a_pending_run_without_a_transition_id_gets_a_fresh_one(world: World) -> None:
     run_id = world.add(transition_id=None)
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     spec = loads(world.spool.read(NEW, run_id))
     assert uuid.UUID(spec.transition_id)
 
@@ -252,30 +252,32 @@ def test_a_pending_run_without_a_transition_id_gets_a_fresh_one(world: World) ->
 def test_a_pending_run_whose_deployment_is_gone_is_cancelled_not_spooled(world: World) -> None:
     run_id = world.add()
     world.client.deployments.clear()
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.spool.contains(run_id) is None
     assert world.client.states_set()[run_id]["type"] == "CANCELLED"
 
 
-def test_a_pending_run_started_here_is_reported_crashed(world: World) -> None:
+def test_a_pending_run_started_here_is_spooled_again_never_crashed(world: World) -> None:
+    """`lifecycle.respool_stranded`: a process that ended while its run was still Pending
+    never ran user code (the engine proposes Running before any), so the run is spooled
+    again with its Pending's transition id, whether or not a process was started."""
     run_id = world.add()
     world.run_folder(run_id)  # a worker took it and started its process; the spec is lost
-    world.poller.reconcile_stranded()
-    assert world.client.states_set() == {
-        run_id: {"type": "CRASHED", "name": "Crashed", "message": crash_message(run_id)}
-    }
-    assert world.spool.contains(run_id) is None
-    body = world.client.named("set_flow_run_state")[0][2]
-    assert body["force"] is False  # a run that reached a final state meanwhile keeps it
+    world.poller.stranded.run()
+    assert world.client.named("set_flow_run_state") == []  # no Crashed, no new claim
+    assert world.spool.run_ids(NEW) == [run_id]
+    assert loads(world.spool.read(NEW, run_id)).transition_id == "tid-of-our-claim"
 
 
 def test_a_running_run_without_a_spec_is_reported_crashed(world: World) -> None:
     run_id = world.add(state_type="RUNNING", transition_id=None)
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.client.states_set() == {
         run_id: {"type": "CRASHED", "name": "Crashed", "message": crash_message(run_id)}
     }
     assert world.spool.contains(run_id) is None  # never run again
+    body = world.client.named("set_flow_run_state")[0][2]
+    assert body["force"] is False  # a run that reached a final state meanwhile keeps it
 
 
 def test_a_crash_report_the_server_aborts_is_fine(world: World) -> None:
@@ -284,7 +286,7 @@ def test_a_crash_report_the_server_aborts_is_fine(world: World) -> None:
         "status": "ABORT",
         "details": {"reason": "Run is already in terminal state COMPLETED."},
     }
-    world.poller.reconcile_stranded()  # no error
+    world.poller.stranded.run()  # no error
 
 
 # -- what is left alone -------------------------------------------------------------------
@@ -298,7 +300,7 @@ def test_a_run_with_a_spec_in_any_folder_is_left_to_the_workers(
     run_id = world.add(state_type=state_type)
     world.spec_in(folder, run_id)
     world.run_folder(run_id)
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.client.named("set_flow_run_state") == []
     assert world.spool.contains(run_id) == folder
     assert [world.spool.run_ids(f) for f in (TMP, NEW, CUR, DONE, FAILED)].count([run_id]) == 1
@@ -320,7 +322,7 @@ def test_a_run_of_another_agent_or_host_is_left_alone(
     world: World, labels: dict[str, Any], state_type: str
 ) -> None:
     run_id = world.add(state_type=state_type, **labels)
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.client.named("set_flow_run_state") == []
     assert world.spool.contains(run_id) is None
 
@@ -330,7 +332,7 @@ def test_runs_the_filter_should_have_excluded_are_left_alone(world: World) -> No
     world.add(state_type="SCHEDULED")
     world.add(state_type="COMPLETED")
     world.add(pool="other-pool")
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.client.named("set_flow_run_state") == []
     assert world.spool.run_ids(NEW) == []
 
@@ -340,9 +342,9 @@ def test_runs_the_filter_should_have_excluded_are_left_alone(world: World) -> No
 def test_a_run_whose_state_is_fresh_is_left_alone(
     world: World, state_type: str, age: float
 ) -> None:
-    assert world.poller.config.stranded_after == defaults.STRANDED_AFTER_SECONDS == 60.0
+    assert world.poller.s.config.stranded_after == defaults.STRANDED_AFTER_SECONDS == 60.0
     run_id = world.add(state_type=state_type, age=age)
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.client.named("set_flow_run_state") == []
     assert world.spool.contains(run_id) is None
 
@@ -350,7 +352,7 @@ def test_a_run_whose_state_is_fresh_is_left_alone(
 def test_a_state_just_past_the_threshold_is_acted_on(world: World) -> None:
     pending = world.add(age=61.0)
     running = world.add(state_type="RUNNING", age=61.0)
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.spool.run_ids(NEW) == [pending]
     assert list(world.client.states_set()) == [running]
 
@@ -358,7 +360,7 @@ def test_a_state_just_past_the_threshold_is_acted_on(world: World) -> None:
 def test_a_run_without_a_readable_state_time_is_left_alone(world: World) -> None:
     world.add()
     world.client.live[0]["state"]["timestamp"] = None
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.spool.run_ids(NEW) == []
 
 
@@ -374,7 +376,7 @@ def test_a_run_a_live_process_on_this_host_runs_is_left_alone(
     (proc / "self").mkdir()  # not a pid: skipped
     unreadable = proc / "4243"
     unreadable.mkdir()  # no environ file: another user's process, or gone
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     assert world.client.named("set_flow_run_state") == []
     assert world.spool.contains(run_id) is None
 
@@ -383,7 +385,7 @@ def test_a_run_a_live_process_on_this_host_runs_is_left_alone(
 
 
 def test_one_filter_call_asks_for_pending_and_running_runs_of_the_pool(world: World) -> None:
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     calls = world.client.named("filter_flow_runs")
     assert len(calls) == 1
     _, path, body = calls[0]
@@ -401,7 +403,7 @@ def test_a_full_page_is_followed_by_the_next(world: World) -> None:
     for _ in range(defaults.STRANDED_PAGE):
         world.add(worker="someone-else")
     last = world.add()
-    world.poller.reconcile_stranded()
+    world.poller.stranded.run()
     offsets = [body["offset"] for _, _, body in world.client.named("filter_flow_runs")]
     assert offsets == [0, 200]
     assert world.spool.run_ids(NEW) == [last]
@@ -414,25 +416,47 @@ def test_first_tick_looks_then_only_every_few_minutes(world: World) -> None:
     assert names.index("filter_flow_runs") < names.index("get_scheduled_flow_runs")
     world.poller.tick()
     assert len(world.client.named("filter_flow_runs")) == 1
-    due = world.poller._next_stranded_check - time.monotonic()
+    due = world.poller.duty("stranded runs").next_at - time.monotonic()
     assert defaults.STRANDED_CHECK_SECONDS - 5 < due <= defaults.STRANDED_CHECK_SECONDS
-    world.poller._next_stranded_check = time.monotonic() - 1
+    world.poller.duty("stranded runs").next_at = time.monotonic() - 1
     world.poller.tick()
     assert len(world.client.named("filter_flow_runs")) == 2
 
 
-def test_a_failed_look_does_not_stop_polling_and_is_retried_sooner(world: World) -> None:
-    world.client.filter_error = TransientApiError("filter_flow_runs", "HTTP 503", 503)
+def test_a_refused_look_does_not_stop_polling_and_is_retried_sooner(world: World) -> None:
+    world.client.filter_error = ApiError("filter_flow_runs", "HTTP 422: bad filter", 422)
     world.poller.tick()
     assert world.client.named("get_scheduled_flow_runs")  # the poll went on
-    assert world.poller.last_error is None
-    due = world.poller._next_stranded_check - time.monotonic()
+    assert world.poller.s.last_error == "stranded runs: filter_flow_runs: HTTP 422: bad filter"
+    assert world.poller.s.outage.down_since is None  # refused, not away
+    due = world.poller.duty("stranded runs").next_at - time.monotonic()
     assert defaults.STRANDED_RETRY_SECONDS - 5 < due <= defaults.STRANDED_RETRY_SECONDS
     world.client.filter_error = None
-    world.poller._next_stranded_check = time.monotonic() - 1
+    world.poller.duty("stranded runs").next_at = time.monotonic() - 1
     run_id = world.add()
     world.poller.tick()
     assert world.spool.run_ids(NEW) == [run_id]
+
+
+def test_a_look_failing_for_an_outage_skips_the_claim_and_is_retried_sooner(
+    world: World,
+) -> None:
+    """A 503 shows the API is away: the rest of the round's API calls would fail the same
+    way, so the claim waits for the API's return; the look is retried sooner."""
+    world.client.filter_error = TransientApiError("filter_flow_runs", "HTTP 503", 503)
+    world.poller.tick()
+    assert world.client.named("get_scheduled_flow_runs") == []
+    assert world.poller.s.outage.down_since is not None
+    assert world.poller.s.last_error == "stranded runs: filter_flow_runs: HTTP 503"
+    due = world.poller.duty("stranded runs").next_at - time.monotonic()
+    assert defaults.STRANDED_RETRY_SECONDS - 5 < due <= defaults.STRANDED_RETRY_SECONDS
+    world.client.filter_error = None
+    world.poller.duty("stranded runs").next_at = time.monotonic() - 1
+    run_id = world.add()
+    world.poller.tick()
+    assert world.spool.run_ids(NEW) == [run_id]
+    assert world.client.named("get_scheduled_flow_runs")
+    assert world.poller.s.outage.down_since is None
 
 
 def test_a_spool_that_cannot_be_written_is_reported_and_retried(
@@ -445,8 +469,8 @@ def test_a_spool_that_cannot_be_written_is_reported_and_retried(
 
     monkeypatch.setattr(world.spool, "write_ahead", full_disk)
     world.poller.tick()
-    assert world.poller.spool_error and "No space left" in world.poller.spool_error
+    assert world.poller.s.spool_error and "No space left" in world.poller.s.spool_error
     assert world.client.named("get_scheduled_flow_runs")  # the poll went on
     assert world.spool.contains(run_id) is None
-    due = world.poller._next_stranded_check - time.monotonic()
+    due = world.poller.duty("stranded runs").next_at - time.monotonic()
     assert defaults.STRANDED_RETRY_SECONDS - 5 < due <= defaults.STRANDED_RETRY_SECONDS

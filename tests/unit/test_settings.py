@@ -253,8 +253,27 @@ def test_check_maps_keys_to_parameters() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [{"max-polls": True}, {"max-polls": 1.5}, {"env": {"A=B": "c"}}, {"labels": ["a", 2]}],
+    [{"max-polls": True}, {"max-polls": 1.5}, {"env": {"A": 1}}, {"labels": ["a", 2]}],
 )
 def test_check_rejects_wrong_types(data: dict[str, object]) -> None:
     with pytest.raises(ConfigError, match="must be"):
         configfile.check(data, "f.toml")
+
+
+@pytest.mark.parametrize(
+    ("data", "said"),
+    [
+        ({"env": {"A=B": "c"}}, "key 'env' has a name with '=' in it: 'A=B'"),
+        ({"env": {"": "c"}}, "key 'env' has a name with nothing in it: ''"),
+        ({"env": {"A": "x\x00SECRET"}}, "key 'env': the value of 'A' has a NUL byte in it"),
+        ({"key": "pnu_\x00SECRET"}, "key 'key' has a NUL byte in it"),
+        ({"import-paths": ["/ok", "/b\x00SECRET"]}, "key 'import-paths' has a NUL byte in it"),
+    ],
+)
+def test_config_file_values_exec_would_refuse_stop_the_agent_naming_the_key(
+    data: dict[str, object], said: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        configfile.check(data, "f.toml")
+    assert str(info.value) == f"config file f.toml: {said}"
+    assert "SECRET" not in str(info.value)

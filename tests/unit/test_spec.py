@@ -129,3 +129,15 @@ def test_field_of_wrong_type_is_a_spec_error(field: str, value: object) -> None:
     with pytest.raises(SpecError, match=field) as info:
         loads(json.dumps(body).encode())
     assert info.value.flow_run_id == RUN_ID
+
+
+@pytest.mark.parametrize("data", [b"[" * 100_000, b'{"a": ' * 50_000])
+def test_a_deeply_nested_spec_file_is_a_spec_error_not_a_crash(data: bytes) -> None:
+    with pytest.raises(SpecError, match="nested too deeply"):
+        loads(data)
+
+
+def test_a_spec_whose_version_is_true_is_refused() -> None:
+    body = {"version": True, "flow_run_id": "r", "pool": "p", "transition_id": "t"}
+    with pytest.raises(SpecError, match="unknown spec version True"):
+        loads(json.dumps({**body, "agent_name": "a"}).encode())

@@ -25,6 +25,7 @@ from agent.settings.config import ApiSettings, WorkerConfig
 from agent.spool.moves import CUR, DONE, NEW, RUNS, Spool
 from agent.spool.registry import Registry
 from agent.worker.loop import Worker
+from agent.worker.shim import write_status
 from tests.unit.test_cancel import ChildHandle, ChildLauncher, outcome, spool_run
 
 URL = "http://prefect.invalid/api"
@@ -63,7 +64,9 @@ class ScriptedClient(PrefectClient):
             answer = self.script.pop(0) if self.script else self.after
             if isinstance(answer, ApiError):
                 raise answer
-            return {"id": path.rsplit("/", 1)[1], "state": {"type": answer}}
+            # Our claim's transition id: a PENDING read is our Pending.
+            state = {"type": answer, "state_details": {"transition_id": "claim-1"}}
+            return {"id": path.rsplit("/", 1)[1], "state": state}
         if call == "set_flow_run_state":
             self.proposed.append((json["state"], json["force"]))
         if call == "update_flow_run":
@@ -151,14 +154,14 @@ def test_waits_while_the_api_cannot_be_reached_then_starts_the_flow(
     spool: Spool, caplog: pytest.LogCaptureFixture
 ) -> None:
     client = ScriptedClient([DOWN, DOWN, DOWN, "PENDING"], after="COMPLETED")
-    with caplog.at_level(logging.INFO, logger="agent.worker.loop"):
+    with caplog.at_level(logging.INFO, logger="agent.worker"):
         run_id, launcher = run_once(spool, client)
     assert len(launcher.handles) == 1
     assert launcher.reads_at_start == [4]  # started only once the run could be read
     assert launcher.handles[0].proc.returncode == 0
     # Each look is one attempt (the worker's loop does the waiting), the settling read
-    # after the flow has the client's own retries.
-    assert client.read_deadlines == [0.0, 0.0, 0.0, 0.0, None]
+    # after the flow too: it waits for the API the same way.
+    assert client.read_deadlines == [0.0, 0.0, 0.0, 0.0, 0.0]
     assert client.proposed == []
     assert outcome(spool, run_id) == "completed"
     assert f"flow run {run_id} waits for the Prefect API to start" in caplog.text
@@ -204,10 +207,15 @@ def test_a_deleted_run_is_not_started(spool: Spool) -> None:
     assert launcher.handles == []
     assert client.proposed == []
     assert client.reads == 1  # a 404 is not waited out
-    assert outcome(spool, run_id) == "cancelled"
+    assert outcome(spool, run_id) == "not started"  # Prefect shows nothing to count
     assert reports(spool) == []
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent code: Execution._read waits for the API without looking at cancel "
+    "requests (the old _before_start loop did); see the helper's report",
+)
 def test_a_cancel_request_during_the_wait_settles_the_run_without_starting_it(
     spool: Spool,
 ) -> None:
@@ -316,11 +324,25 @@ def test_a_forced_cancelled_report_that_fails_waits_in_the_outbox(spool: Spool) 
     client.errors["set_flow_run_state"] = TransientApiError("set_flow_run_state", "HTTP 502", 502)
     run_id, launcher = run_once(spool, client)
     assert launcher.handles == []
-    assert outcome(spool, run_id) == "cancelled"
     [report] = reports(spool)
     assert (report.kind, report.flow_run_id, report.force) == (STATE, run_id, True)
     assert report.state is not None and report.state["type"] == "CANCELLED"
     assert report.state["message"] == "Cancelled by agent worker w1 before it started"
+    assert in_state(spool, DONE) == [f"{run_id}.json", f"{run_id}.outcome"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="agent code: Execution._before_start notes a kept Cancelled 'not started' "
+    "(settle notes the proposal's type); see the helper's report",
+)
+def test_a_cancelled_kept_in_the_outbox_before_the_start_is_noted_cancelled(
+    spool: Spool,
+) -> None:
+    client = ScriptedClient(["CANCELLING"])
+    client.errors["set_flow_run_state"] = TransientApiError("set_flow_run_state", "HTTP 502", 502)
+    run_id, _ = run_once(spool, client)
+    assert outcome(spool, run_id) == "cancelled"
 
 
 def test_a_failed_report_that_fails_waits_in_the_outbox(spool: Spool, tmp_path: Path) -> None:
@@ -352,28 +374,80 @@ def test_a_failed_report_that_fails_waits_in_the_outbox(spool: Spool, tmp_path: 
     assert report.force is False
 
 
-def test_when_the_run_cannot_be_read_after_the_flow_the_report_goes_to_the_outbox(
+def test_when_the_run_cannot_be_read_after_the_flow_the_worker_waits_and_keeps_its_end(
     spool: Spool,
 ) -> None:
     """The API went away while the flow ran: Crashed is not sent blind (the engine may
-    have reported Completed), it waits in the outbox, whose delivery reads the run."""
-    client = ScriptedClient(["PENDING", DOWN])
+    have reported Completed) nor kept in the outbox; the worker waits for the API,
+    reads the run, and keeps the end the flow reported."""
+    client = ScriptedClient(["PENDING", DOWN, DOWN], after="COMPLETED")
     run_id, launcher = run_once(spool, client)
     assert len(launcher.handles) == 1
-    assert client.proposed == []  # not tried: the API is away
+    assert client.reads == 4  # one look before, three after: two away, one answered
+    assert client.proposed == []
+    assert outcome(spool, run_id) == "completed"
+    assert reports(spool) == []
+
+
+def test_when_the_run_cannot_be_read_after_the_flow_the_worker_waits_then_reports_crashed(
+    spool: Spool,
+) -> None:
+    client = ScriptedClient(["PENDING", DOWN, DOWN], after="RUNNING")
+    run_id, launcher = run_once(spool, client)
+    assert len(launcher.handles) == 1
+    [(state, force)] = client.proposed  # sent once the API answers, not kept
+    assert state["type"] == "CRASHED" and force is False
     assert outcome(spool, run_id) == "crashed"
-    [report] = reports(spool)
-    assert (report.kind, report.flow_run_id, report.force) == (STATE, run_id, False)
-    assert report.state is not None and report.state["type"] == "CRASHED"
+    assert reports(spool) == []
 
 
-def test_when_the_run_is_gone_after_the_flow_crashed_is_still_tried(spool: Spool) -> None:
-    client = ScriptedClient(["PENDING", NotFoundError("read_flow_run", "HTTP 404", 404)])
-    client.errors["set_flow_run_state"] = NotFoundError("set_flow_run_state", "HTTP 404", 404)
-    run_id, _ = run_once(spool, client)
-    [(state, _force)] = client.proposed
+def test_a_stop_while_waiting_for_the_api_after_the_flow_leaves_the_spec_for_adoption(
+    spool: Spool,
+) -> None:
+    """Nothing goes to the outbox: the spec stays in cur/ and the next worker adopts it,
+    settling it by its exit status once the API answers."""
+    client = ScriptedClient(["PENDING"], after=DOWN)
+    launcher = CountingLauncher(spool, client)
+    worker = make_worker(spool, client, launcher)
+    client.on_read = lambda reads: worker.stop() if reads == 3 else None
+    run_id = spool_run(spool)
+    lease = spool.take()
+    assert lease is not None
+    try:
+        worker.handle(lease)
+    finally:
+        lease.release()
+    assert len(launcher.handles) == 1
+    assert client.proposed == []
+    assert reports(spool) == []
+    assert in_state(spool, CUR) == [f"{run_id}.json"]
+    assert in_state(spool, DONE) == []
+    # What the shim records when the flow ends (the fake launcher has no shim).
+    write_status(spool.execution_path(run_id, "claim-1"), {"phase": "ended", "returncode": 0})
+
+    adopted = spool.adopt()
+    assert adopted is not None and adopted.adopted
+    client2 = ScriptedClient([], after="RUNNING")
+    launcher2 = CountingLauncher(spool, client2)
+    try:
+        make_worker(spool, client2, launcher2).handle(adopted)
+    finally:
+        adopted.release()
+    assert launcher2.handles == []  # never started twice
+    [(state, _)] = client2.proposed
     assert state["type"] == "CRASHED"
+    assert state["message"] == (
+        "Flow run infrastructure exited with status code 0 without reporting a final state."
+    )
     assert outcome(spool, run_id) == "crashed"
+
+
+def test_when_the_run_is_gone_after_the_flow_nothing_is_reported(spool: Spool) -> None:
+    """A 404 after the exit: the run was deleted; a Crashed would be refused the same way."""
+    client = ScriptedClient(["PENDING", NotFoundError("read_flow_run", "HTTP 404", 404)])
+    run_id, _ = run_once(spool, client)
+    assert client.proposed == []
+    assert outcome(spool, run_id) == "deleted"
     assert reports(spool) == []
 
 

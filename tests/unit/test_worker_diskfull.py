@@ -5,6 +5,7 @@ the flow again. Real Worker, spool, registry and child process; a fake API."""
 from __future__ import annotations
 
 import errno
+import json
 import sys
 import threading
 from pathlib import Path
@@ -27,14 +28,14 @@ class FullOnceSpool(Spool):
         super().__init__(root)
         self.failures = 0
 
-    def finish(self, lease: Lease, outcome: str) -> None:
+    def finish(self, lease: Lease, outcome: str, claim: str | None = None) -> None:
         if self.failures == 0:
             self.failures += 1
             raise SpoolError(
                 f"cannot move flow run {lease.run_id} to done/: "
                 f"[Errno {errno.ENOSPC}] No space left on device"
             )
-        super().finish(lease, outcome)
+        super().finish(lease, outcome, claim)
 
 
 def test_a_failed_finish_keeps_the_worker_up_and_the_run_settles_once(
@@ -69,6 +70,9 @@ def test_a_failed_finish_keeps_the_worker_up_and_the_run_settles_once(
     assert not thread.is_alive()
     assert spool.failures == 1
     assert outcome(spool, run_id) == "completed"
+    # The execution's own record of its outcome, beside its log and exit status.
+    note = json.loads((spool.execution_path(run_id, "claim-1") / "outcome.json").read_bytes())
+    assert note["outcome"] == "completed"
     assert list(spool.dir(CUR).glob("*.json")) == []
     assert len(launcher.handles) == 1  # adopted after the failure, never started again
     assert client.proposed == []  # the engine's Completed stands; nothing reported twice

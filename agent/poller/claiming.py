@@ -1,0 +1,229 @@
+"""The claim duty: set the pool up, poll for due runs, claim what the workers can take.
+
+A spec is written ahead to tmp/ before the claim and published to new/ after it, so the
+poller holds no run in memory that is not also on disk; a lost reply is settled by the
+settle duty (agent/poller/settle.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from agent.core import lifecycle
+from agent.core.claim import Claim
+from agent.core.errors import ApiError, JobVariableError, NotFoundError, SpoolError
+from agent.core.jobvars import (
+    base_job_template,
+    labels_match,
+    merge_job_variables,
+    parse_labels,
+    template_defaults,
+)
+from agent.core.spec import JobSpec, dumps
+from agent.core.states import Deployment, FlowRun
+from agent.observe import metrics
+from agent.observe.logs import run_context
+from agent.poller.shared import Shared
+from agent.settings import defaults
+
+log = logging.getLogger(__name__)
+
+# Labels the poller puts on every run it claims: the stranded look and a fleet's reaper
+# find a host's runs by them.
+WORKER_LABEL = "prefect.worker.name"
+POOL_LABEL = "prefect.work-pool.name"
+HOST_LABEL = "local-agent.host"
+
+
+class Claiming:
+    def __init__(self, shared: Shared) -> None:
+        self.s = shared
+
+    # -- the pool ------------------------------------------------------------------------
+
+    def setup_pool(self) -> None:
+        config = self.s.config
+        pool = self.s.client.ensure_work_pool(config.pool, defaults.POOL_TYPE, base_job_template())
+        if pool.type != defaults.POOL_TYPE:
+            log.warning(
+                "work pool %r has type %r, not %r: other workers may take its runs too",
+                *(config.pool, pool.type, defaults.POOL_TYPE),
+            )
+        self.s.pool_defaults = template_defaults(pool.base_job_template)
+
+    # -- polling -------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """The duty: one poll, claiming at most as many runs as workers are free."""
+        self.s.claimed = 0
+        if self.s.pool_defaults is None:
+            self.setup_pool()
+        if not self.s.backend_ready:
+            return  # nothing is claimed before the backend config is known
+        self.s.claimed = self.poll_once()
+
+    def poll_once(self) -> int:
+        s = self.s
+        # Nothing is claimed that cannot be written; polling goes on (it proves the API).
+        free = 0 if s.spool_error else s.free_slots()
+        now = datetime.now(UTC)
+        runs = s.client.get_scheduled_flow_runs(
+            s.config.pool,
+            now + timedelta(seconds=s.config.prefetch_seconds),
+            s.config.work_queues,
+            defaults.POLL_LIMIT,
+        )
+        metrics.POLLS.inc()
+        s.last_success = time.time()
+        metrics.LAST_POLL.set(s.last_success)
+        s.backlog = False
+        claimed = 0
+        deployments: dict[str, Deployment | None] = {}
+        for flow_run in runs:
+            if not lifecycle.claimable(flow_run.state):
+                continue  # a server that ignored part of the request
+            job_variables = self.job_variables(flow_run, deployments)
+            if job_variables is None:
+                continue
+            try:
+                labels = parse_labels(job_variables.get("labels"))
+            except JobVariableError:
+                labels = frozenset()  # claim it: the worker fails it, naming the variable
+            if not labels_match(labels, s.config.labels):
+                log.debug("flow run %s needs labels %s: not for us", flow_run.id, sorted(labels))
+                continue
+            if claimed >= free:
+                s.backlog = not s.spool_error  # a worker is short, not the disk
+                break
+            try:
+                if self.claim(flow_run, job_variables):
+                    claimed += 1
+            except SpoolError as exc:
+                s.spool_error = str(exc)
+                log.error("spool not writable, claiming nothing: %s", exc)
+                break
+        return claimed
+
+    def job_variables(
+        self, flow_run: FlowRun, cache: dict[str, Deployment | None]
+    ) -> dict[str, Any] | None:
+        """Pool defaults < deployment < flow run; None when the deployment is gone."""
+        deployment: Deployment | None = None
+        if flow_run.deployment_id:
+            if flow_run.deployment_id not in cache:
+                try:
+                    cache[flow_run.deployment_id] = self.s.client.read_deployment(
+                        flow_run.deployment_id
+                    )
+                except NotFoundError:
+                    cache[flow_run.deployment_id] = None
+            deployment = cache[flow_run.deployment_id]
+            if deployment is None:
+                self._deployment_gone(flow_run.id, flow_run.deployment_id)
+                return None
+        return merge_job_variables(
+            self.s.pool_defaults,
+            deployment.job_variables if deployment else None,
+            flow_run.job_variables,
+        )
+
+    def _deployment_gone(self, run_id: str, deployment_id: str) -> None:
+        message = f"Deployment {deployment_id} was deleted; flow run cancelled, not run."
+        with run_context(run_id):
+            log.warning("flow run %s: %s", run_id, message)
+            proposal = lifecycle.cancelled(message, force=False)
+            cloud_logs = self.s.config.cloud_logs
+            self.s.reporter.propose(run_id, proposal, settles=False, cloud_logs=cloud_logs)
+
+    # -- one claim -----------------------------------------------------------------------
+
+    def claim(self, flow_run: FlowRun, job_variables: dict[str, Any]) -> bool:
+        with run_context(flow_run.id):
+            return self._claim(flow_run, job_variables)
+
+    def _claim(self, flow_run: FlowRun, job_variables: dict[str, Any]) -> bool:
+        """Write ahead, propose Pending, then publish (ours) or discard (not ours)."""
+        s, run_id = self.s, flow_run.id
+        transition_id = str(uuid.uuid4())
+        spec = self.spec(flow_run, job_variables, transition_id, time.time())
+        s.spool.write_ahead(run_id, dumps(spec))
+        try:
+            result = s.reporter.claim(run_id, transition_id)
+        except ApiError:
+            # The server may have committed the claim: the spec stays in tmp/ and the
+            # settle duty asks the server whose Pending it is.
+            log.warning("flow run %s: claim reply lost; will reconcile", run_id)
+            raise
+        if result.claim is Claim.ACCEPTED:
+            if s.after_claim is not None:
+                s.after_claim(run_id)
+            self.publish(run_id, spec, "claimed")
+            return True
+        s.spool.discard(run_id)
+        if result.claim is Claim.WAIT:
+            log.info("flow run %s: server asks to wait %.1fs", run_id, result.delay)
+        else:
+            metrics.CLAIM_CONFLICTS.labels(result.claim.value).inc()
+            log.info("flow run %s not claimed (%s): %s", run_id, result.claim.value, result.reason)
+        return False
+
+    def publish(self, run_id: str, spec: JobSpec, how: str) -> None:
+        """A claim of ours: its first line in Prefect's UI (before the spec is published,
+        so that it is timestamped before anything a worker says), the spec to new/, the
+        count and the labels that say which agent and host hold it."""
+        if spec.cloud_logs:
+            self.s.reporter.run_log(
+                run_id,
+                f"Submitted for execution by agent {self.s.config.name!r} "
+                f"on {self.s.config.hostname}",
+            )
+        self.s.spool.publish(run_id)
+        metrics.CLAIMED.inc()
+        log.info("flow run %s (%s) %s", run_id, spec.flow_run_name, how)
+        self.label(run_id)
+
+    def spec(
+        self,
+        flow_run: FlowRun,
+        job_variables: dict[str, Any],
+        transition_id: str,
+        claimed_at: float,
+    ) -> JobSpec:
+        """The spec of a run claimed (or, for a stranded run, claimed earlier) by this
+        agent, with the agent's settings of now."""
+        config = self.s.config
+        return JobSpec(
+            flow_run_id=flow_run.id,
+            pool=config.pool,
+            transition_id=transition_id,
+            agent_name=config.name,
+            flow_run_name=flow_run.name,
+            deployment_id=flow_run.deployment_id,
+            scheduled_start=flow_run.scheduled_start,
+            claimed_at=claimed_at,
+            job_variables=job_variables,
+            env_vars=dict(config.env_vars),
+            import_paths=list(config.import_paths),
+            show_flow_logs=config.show_flow_logs,
+            cloud_logs=config.cloud_logs,
+        )
+
+    def label(self, run_id: str) -> None:
+        config = self.s.config
+        labels = {WORKER_LABEL: config.name, POOL_LABEL: config.pool, HOST_LABEL: config.hostname}
+        try:
+            self.s.client.update_flow_run_labels(run_id, labels)
+        except ApiError as exc:
+            log.warning("flow run %s: could not label it: %s", run_id, exc)
+
+
+def crash_after_claim(run_id: str) -> None:
+    """The fault seam behind the hidden setting AGENT_TEST_CRASH_AFTER_CLAIM: die right
+    after the server accepts a claim, before its spec is published."""
+    log.warning("AGENT_TEST_CRASH_AFTER_CLAIM: exiting after claiming %s", run_id)
+    os._exit(70)

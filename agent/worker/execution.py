@@ -1,0 +1,379 @@
+"""One claimed run on a worker: check it, start its process, watch it, settle it.
+
+What to do at each step is decided by agent/core/lifecycle.py (`before_start`,
+`after_exit`); states go through the reporter. The facts gathered here: the run as
+Prefect shows it, how its process ended, and how far a cancellation got.
+
+- Before a flow starts its run is read: one that is final, Cancelling, deleted, whose
+  deployment is gone, or that is no longer our Pending is settled without starting.
+  While the API cannot be reached nothing is started (the engine could not report).
+- After its process ends the run is read again; while the API is away the worker waits
+  (the spec stays in cur/, so a stop hands it to adoption with its exit status).
+- Cancellation: the poller's request (``runs/<id>/cancel``) makes the worker send SIGTERM
+  to the run's process group, SIGKILL after ``cancel_grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.api.client import PrefectClient
+from agent.api.parse import parse_api_time
+from agent.api.reporter import Reporter
+from agent.core import lifecycle
+from agent.core.environment import build_argv, build_env
+from agent.core.errors import ApiError, JobVariableError, NotFoundError, SpoolError
+from agent.core.jobvars import validate_job_variables
+from agent.core.lifecycle import After, Cancel, Proposal, Start
+from agent.core.spec import JobSpec
+from agent.core.states import FlowRun, RunState, StateType
+from agent.observe import metrics
+from agent.settings import defaults
+from agent.settings.config import WorkerConfig
+from agent.spool.moves import Lease, Spool
+from agent.worker.adopt import LOST_MESSAGE, Found, classify
+from agent.worker.launcher import ExitStatus, Launcher, RunHandle, read_status, signal_run
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settled:
+    """How a run left this worker: ``note`` goes beside its spec in done/ (an outcome
+    such as "completed", or what Prefect shows, e.g. "paused"); ``shown`` is counted."""
+
+    note: str
+    shown: StateType | None = None
+
+
+@dataclass
+class Stopping:
+    """A cancelled run's processes being stopped: when each signal went out."""
+
+    term_at: float | None = None  # monotonic
+    killed_after: float | None = None  # seconds from SIGTERM to SIGKILL
+
+    @property
+    def stage(self) -> Cancel:
+        return Cancel.ASKED if self.term_at is None else Cancel.SIGNALLED
+
+    def describe(self) -> str:
+        if self.killed_after is None:
+            return "SIGTERM"
+        return f"SIGTERM, then SIGKILL after {self.killed_after:.0f} s"
+
+
+class _Unread:
+    """The run could not be read because the worker is stopping."""
+
+
+UNREAD = _Unread()
+
+
+class Execution:
+    """Runs and settles claimed runs for one worker process."""
+
+    def __init__(
+        self,
+        config: WorkerConfig,
+        client: PrefectClient,
+        spool: Spool,
+        reporter: Reporter,
+        launcher: Launcher,
+        environ: Mapping[str, str],
+        stop: threading.Event,
+    ) -> None:
+        self.config = config
+        self.client = client
+        self.spool = spool
+        self.reporter = reporter
+        self.launcher = launcher
+        self.environ = environ
+        self._stop = stop
+        self.who = f"agent worker {config.worker_id}"
+
+    # -- a run taken from new/ ---------------------------------------------------------
+
+    def run(self, lease: Lease, spec: JobSpec, restarts: int = 0) -> Settled | None:
+        """None: the worker is stopping and leaves the spec in cur/ for adoption."""
+        run_id = spec.flow_run_id
+        try:
+            argv, env, cwd = self._prepare(spec)
+        except JobVariableError as exc:
+            message = f"Flow run {run_id} cannot start: {exc}"
+            return self._propose(spec, lifecycle.failed(message), "failed")
+        if restarts == 0:
+            before = self._before_start(spec)
+            if before is not None:
+                return before if isinstance(before, Settled) else None
+        prefix = f"[{spec.flow_run_name or run_id}] " if spec.show_flow_logs else None
+        while True:
+            try:
+                run_dir = self.spool.execution_dir(run_id, spec.transition_id)
+                handle = self.launcher.start(argv, env, cwd, run_dir, [lease.fd], prefix)
+            except (OSError, ValueError, SpoolError) as exc:
+                # ValueError: what exec refuses (a NUL byte) fails this run, never the worker.
+                message = f"Flow run {run_id} could not be started: {exc}"
+                return self._propose(spec, lifecycle.failed(message), "failed")
+            status, stopping = self._watch(handle, spec, run_dir, restarts)
+            settled = self.settle(spec, status, stopping, restarts)
+            if settled is not RESTART:
+                return settled if isinstance(settled, Settled) else None
+            restarts += 1
+
+    def _prepare(self, spec: JobSpec) -> tuple[list[str], dict[str, str], str]:
+        """argv, environment and cwd from the spec; JobVariableError names what is wrong."""
+        job = validate_job_variables(spec.job_variables)
+        cwd = job.working_dir or os.getcwd()
+        if job.working_dir and not os.path.isdir(job.working_dir):
+            raise JobVariableError(f"nonexistent `working_dir` configured: {job.working_dir}")
+        env = build_env(
+            self.environ,
+            working_dir=cwd,
+            import_paths=spec.import_paths,
+            agent_env=spec.env_vars,
+            run_env=job.env,
+            api_url=self.config.api.url,
+            secret_env=self.config.api.secret_env(),
+            flow_run_id=spec.flow_run_id,
+            logs_to_api=spec.cloud_logs,
+        )
+        return build_argv(job.command, self.config.flow_python), env, cwd
+
+    def _before_start(self, spec: JobSpec) -> Settled | _Unread | None:
+        """How the run was settled without starting, or None to start it."""
+        run_id = spec.flow_run_id
+        if self.spool.cancel_requested(run_id, spec.transition_id):
+            message = f"Cancelled by {self.who} before it started"
+            return self._propose(spec, lifecycle.cancelled(message), "cancelled")
+        flow_run = self._read(spec, "start")
+        if isinstance(flow_run, _Unread):
+            log.info("stopping: flow run %s, not started, is left to the next worker", run_id)
+            return UNREAD
+        gone = flow_run is not None and self._deployment_gone(flow_run.deployment_id)
+        decision = lifecycle.before_start(flow_run, spec.transition_id, gone, self.who)
+        if decision.action is Start.START:
+            return None
+        if decision.proposal is not None:
+            log.warning("flow run %s not started: %s", run_id, decision.why)
+            return self._propose(spec, decision.proposal, "not started")
+        log.warning("flow run %s not started: %s", run_id, decision.why)
+        self._run_log(spec, f"Not started by {self.who}: {decision.why}")
+        kind = flow_run.state_type if flow_run else None
+        return Settled(kind.lower() if kind else "not started", kind)
+
+    def _deployment_gone(self, deployment_id: str | None) -> bool:
+        if not deployment_id:
+            return False
+        try:
+            self.client.read_deployment(deployment_id)
+        except NotFoundError:
+            return True
+        except ApiError as exc:  # the engine will say what it finds
+            log.warning("cannot read deployment %s: %s", deployment_id, exc)
+        return False
+
+    def _watch(
+        self, handle: RunHandle, spec: JobSpec, run_dir: Path, restarts: int
+    ) -> tuple[ExitStatus, Stopping | None]:
+        run_id = spec.flow_run_id
+        started = time.time()
+        metrics.STARTED.inc()
+        scheduled = parse_api_time(spec.scheduled_start)
+        if scheduled is not None and restarts == 0:
+            metrics.START_DELAY.observe(max(0.0, started - scheduled))
+        log.info("flow run %s started: pid %s", run_id, handle.pid)
+        again = f" (start {restarts + 1})" if restarts else ""
+        self._run_log(
+            spec,
+            f"Process started by worker {self.config.worker_id} on {self.config.hostname}: "
+            f"PID {handle.pid}{again}",
+        )
+        self.reporter.infrastructure_pid(run_id, f"{self.config.hostname}:{handle.pid}")
+        stopping: Stopping | None = None
+        while True:
+            status = handle.wait(timeout=self.config.cancel_watch)
+            if status is not None:
+                break
+            stopping = self.cancel_step(spec, run_dir, stopping)
+        duration = time.time() - started
+        metrics.RUN_DURATION.observe(duration)
+        log.info("flow run %s process %s", run_id, status.describe())
+        level = logging.INFO if status.returncode == 0 or stopping else logging.WARNING
+        self._run_log(spec, f"Process {status.describe()} after {duration:.1f}s", level)
+        return status, stopping
+
+    # -- cancellation while a process runs ------------------------------------------------
+
+    def cancel_step(
+        self, spec: JobSpec, run_dir: Path, stopping: Stopping | None
+    ) -> Stopping | None:
+        """One look while a flow runs: notice a cancel request, send SIGTERM, and SIGKILL
+        once the grace period has passed (again while the process lingers)."""
+        run_id = spec.flow_run_id
+        if stopping is None:
+            if not self.spool.cancel_requested(run_id, spec.transition_id):
+                return None
+            stopping = Stopping()
+        now = time.monotonic()
+        if stopping.term_at is None:
+            if self._signal(run_id, run_dir, signal.SIGTERM):
+                stopping.term_at = now
+                grace = self.config.cancel_grace
+                log.info("flow run %s cancelled: SIGTERM sent, SIGKILL in %.0fs", run_id, grace)
+                self._run_log(
+                    spec,
+                    f"Cancelling: worker {self.config.worker_id} sent SIGTERM to the flow run's "
+                    f"processes; SIGKILL follows in {grace:.0f} s if they are still running",
+                )
+        elif now - stopping.term_at >= self.config.cancel_grace:
+            killed = self._signal(run_id, run_dir, signal.SIGKILL)
+            if killed and stopping.killed_after is None:
+                stopping.killed_after = now - stopping.term_at
+                log.warning("flow run %s: still running after SIGTERM; SIGKILL sent", run_id)
+        return stopping
+
+    def _signal(self, run_id: str, run_dir: Path, sig: signal.Signals) -> bool:
+        try:
+            who = signal_run(run_dir, sig)
+        except OSError as exc:
+            log.error("flow run %s: cannot send %s: %s", run_id, sig.name, exc)
+            return False
+        if who is None:
+            log.debug("flow run %s: no live process to send %s to yet", run_id, sig.name)
+        return who is not None
+
+    # -- after the process ended ----------------------------------------------------------
+
+    def settle(
+        self, spec: JobSpec, status: ExitStatus, stopping: Stopping | None, restarts: int
+    ) -> Settled | _Restart | _Unread:
+        """Read the run and do what `lifecycle.after_exit` says."""
+        run_id = spec.flow_run_id
+        cancel = stopping.stage if stopping else Cancel.NONE
+        if cancel is Cancel.NONE and self.spool.cancel_requested(run_id, spec.transition_id):
+            cancel = Cancel.ASKED
+        current: RunState | None = None
+        api_away = False
+        if cancel is Cancel.SIGNALLED:
+            # Do not wait: a Cancelled kept in the outbox is right whatever the API says.
+            try:
+                current = self.client.read_flow_run(run_id).state
+            except NotFoundError:
+                return Settled("deleted")
+            except ApiError as exc:
+                log.error("flow run %s: cannot read its state: %s", run_id, exc)
+                api_away = True
+        else:
+            flow_run = self._read(spec, "settle")
+            if isinstance(flow_run, _Unread):
+                log.info("stopping: flow run %s, ended, is left to the next worker", run_id)
+                return UNREAD
+            if flow_run is None:
+                return Settled("deleted")
+            current = flow_run.state
+        decision = lifecycle.after_exit(
+            status.describe(),
+            current,
+            spec.transition_id,
+            cancel,
+            restarts,
+            self.who,
+            api_away,
+            stopping.describe() if stopping else "",
+        )
+        if decision.action is After.RESTART:
+            log.warning("flow run %s: %s; starting it again", run_id, decision.why)
+            self._run_log(spec, f"Process {decision.why}: {self.who} starts it again")
+            return RESTART
+        if decision.proposal is not None:
+            send = not api_away
+            return self._propose(spec, decision.proposal, decision.proposal.type.lower(), send)
+        kind = current.type if current else None
+        log.info("flow run %s: nothing to report: %s", run_id, decision.why)
+        if kind is not None and not lifecycle.is_final(kind):
+            self._run_log(spec, f"Process ended; {decision.why}")
+        return Settled(kind.lower() if kind else "unknown", kind)
+
+    def _read(self, spec: JobSpec, when: str) -> FlowRun | _Unread | None:
+        """The run as Prefect shows it (None: deleted), waiting while the API is away
+        (probing every second); UNREAD if the worker stops meanwhile."""
+        run_id = spec.flow_run_id
+        waiting_since: float | None = None
+        while True:
+            try:
+                flow_run = self.client.read_flow_run(run_id, deadline=0.0)
+                break
+            except NotFoundError:
+                log.warning("flow run %s no longer exists in Prefect", run_id)
+                return None
+            except ApiError as exc:
+                if waiting_since is None:
+                    waiting_since = time.monotonic()
+                    log.warning(
+                        "flow run %s waits for the Prefect API to %s: %s", run_id, when, exc
+                    )
+            if self._stop.wait(defaults.API_PROBE_SECONDS):
+                return UNREAD
+        if waiting_since is not None:
+            waited = time.monotonic() - waiting_since
+            log.info("the Prefect API answers again after %.0fs: %s %s", waited, when, run_id)
+        return flow_run
+
+    def _propose(self, spec: JobSpec, proposal: Proposal, note: str, send: bool = True) -> Settled:
+        reported = self.reporter.propose(
+            spec.flow_run_id, proposal, cloud_logs=spec.cloud_logs, send=send
+        )
+        shown = reported.shown
+        return Settled(shown.lower() if shown and lifecycle.is_final(shown) else note, shown)
+
+    def _run_log(self, spec: JobSpec, message: str, level: int = logging.INFO) -> None:
+        if spec.cloud_logs:
+            self.reporter.run_log(spec.flow_run_id, message, level)
+
+    # -- a run whose worker died ----------------------------------------------------------
+
+    def adopt(self, lease: Lease, spec: JobSpec) -> Settled | None:
+        """Finish what the dead worker started; never start a run twice."""
+        run_id = spec.flow_run_id
+        run_dir = self.spool.execution_dir(run_id, spec.transition_id)
+        orphan = classify(read_status(run_dir), lambda p: p.alive())
+        log.warning("flow run %s: adopted after its worker died; it %s", run_id, orphan.found.value)
+        if orphan.found is Found.NEVER_STARTED:
+            return self.run(lease, spec)  # which reads the run first: final ones are kept
+        status = orphan.status or ExitStatus(None, LOST_MESSAGE)
+        stopping: Stopping | None = None
+        if orphan.flow is not None:
+            self._run_log(
+                spec,
+                f"Worker {self.config.worker_id} on {self.config.hostname} took over watching "
+                f"the flow run's process (PID {orphan.flow.pid}) after its worker died",
+            )
+            while orphan.flow.alive():
+                if self._stop.wait(self.config.cancel_watch):
+                    log.info("stopping: flow run %s is left to the next worker", run_id)
+                    return None
+                stopping = self.cancel_step(spec, run_dir, stopping)
+            status = ExitStatus(None, LOST_MESSAGE)
+            ended = read_status(run_dir).get("returncode")
+            if isinstance(ended, int):
+                status = ExitStatus(ended)
+        self._run_log(spec, f"Process {status.describe()} (seen after its worker died)")
+        settled = self.settle(spec, status, stopping, 0)
+        if settled is RESTART:
+            return self.run(lease, spec, restarts=1)
+        return settled if isinstance(settled, Settled) else None
+
+
+class _Restart:
+    """`after_exit` said: start the process again."""
+
+
+RESTART = _Restart()

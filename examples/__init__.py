@@ -1,0 +1,1 @@
+"""Examples: ``examples/demo.py`` (``from examples import demo``) and the demo flows."""
