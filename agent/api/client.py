@@ -38,6 +38,7 @@ from agent.core.errors import (
     NotFoundError,
     TransientApiError,
 )
+from agent.core.redact import redact_url
 from agent.core.states import Deployment, FlowRun, StateAnswer, WorkPool
 from agent.observe import metrics
 from agent.settings import defaults
@@ -121,6 +122,8 @@ class PrefectClient:
         self.session.headers["X-PREFECT-API-VERSION"] = "0.8.4"
         self._sleep = sleep
         self._single_attempt = False
+        # What messages and logs show of the URL: never its password.
+        self._shown_url = redact_url(settings.url)
 
     @contextlib.contextmanager
     def single_attempt(self, enabled: bool = True) -> Iterator[None]:
@@ -179,10 +182,10 @@ class PrefectClient:
             )
         except requests.Timeout as exc:
             metrics.API_ERRORS.labels(call, "timeout").inc()
-            raise TransientApiError(call, f"timed out talking to {self.settings.url}") from exc
+            raise TransientApiError(call, f"timed out talking to {self._shown_url}") from exc
         except requests.ConnectionError as exc:
             metrics.API_ERRORS.labels(call, "connection").inc()
-            raise TransientApiError(call, f"cannot reach {self.settings.url}") from exc
+            raise TransientApiError(call, f"cannot reach {self._shown_url}") from exc
         finally:
             metrics.API_LATENCY.labels(call).observe(time.monotonic() - started)
         return self._decode(call, response)
@@ -217,7 +220,7 @@ class PrefectClient:
             metrics.API_ERRORS.labels(call, "not_prefect").inc()
             kind = response.headers.get("Content-Type", "").split(";")[0].strip() or "no JSON"
             raise ApiShapeError(
-                call, f"{self.settings.url} does not look like a Prefect API: got {kind}", status
+                call, f"{self._shown_url} does not look like a Prefect API: got {kind}", status
             ) from None
 
     # -- calls -----------------------------------------------------------------------
@@ -227,7 +230,8 @@ class PrefectClient:
 
     def read_work_pool(self, name: str) -> WorkPool:
         return parse.work_pool(
-            "read_work_pool", self.request("read_work_pool", "GET", f"/work_pools/{name}")
+            "read_work_pool",
+            self.request("read_work_pool", "GET", f"/work_pools/{quote(name, safe='')}"),
         )
 
     def create_work_pool(self, name: str, pool_type: str, template: dict[str, Any]) -> WorkPool:
@@ -253,7 +257,9 @@ class PrefectClient:
 
     def heartbeat(self, pool: str, worker_name: str, interval: float) -> None:
         body = {"name": worker_name, "heartbeat_interval_seconds": int(interval)}
-        self.request("heartbeat", "POST", f"/work_pools/{pool}/workers/heartbeat", body)
+        self.request(
+            "heartbeat", "POST", f"/work_pools/{quote(pool, safe='')}/workers/heartbeat", body
+        )
 
     def get_scheduled_flow_runs(
         self,
@@ -269,7 +275,7 @@ class PrefectClient:
         if limit is not None:
             body["limit"] = limit
         call = "get_scheduled_flow_runs"
-        path = f"/work_pools/{pool}/get_scheduled_flow_runs"
+        path = f"/work_pools/{quote(pool, safe='')}/get_scheduled_flow_runs"
         return parse.scheduled_runs(call, self.request(call, "POST", path, body))
 
     def read_deployment(self, deployment_id: str) -> Deployment:

@@ -232,6 +232,8 @@ def after_exit(
         return AfterExit(After.KEEP, f"it is {kind}: its own end", outcome=outcome_of(kind))
     if kind is StateType.CRASHED and not stopping:
         return AfterExit(After.KEEP, "it is CRASHED already", outcome=Outcome.CRASHED)
+    if kind is StateType.PENDING and not is_our_pending(current, claim):
+        return AfterExit(After.KEEP, "it is Pending for another claim")
     if kind is StateType.CANCELLING or (stopping and kind in _LIVE_OR_CRASHED):
         if cancel is Cancel.SIGNALLED:
             message = f"Cancelled: the flow run's process was stopped by {who} ({stopped_how})"
@@ -244,8 +246,6 @@ def after_exit(
         name = current.name if current else ""
         return AfterExit(After.KEEP, f"it is Scheduled again ({name}): claimed again later")
     if kind is StateType.PENDING:
-        if not is_our_pending(current, claim):
-            return AfterExit(After.KEEP, "it is Pending for another claim")
         if restarts < MAX_PENDING_RESTARTS:
             return AfterExit(
                 After.RESTART, f"its process {exit_text} while it was still Pending: never ran"

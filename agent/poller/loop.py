@@ -1,11 +1,10 @@
 """The poller: a short loop over named duties (agent/poller/duty.py).
 
-Each round runs, in this order, every duty that is due: backend config, heartbeat,
-spool probe, outbox delivery, settle write-ahead specs, stranded runs, cancellations,
-claim. Between rounds it sleeps, waking early on /api/poke, on stop, for a freed worker
-when runs were left waiting, for the cancellation duty (every two seconds however idle)
-and, during an API outage, when a probe of ``GET /health`` says the API is back.
-
+Each round runs, in this order, every duty that is due: backend config, work pool,
+heartbeat, spool probe, outbox delivery, settle write-ahead specs, stranded runs,
+cancellations, claim. Between rounds it sleeps, waking early on /api/poke, on stop, for
+a freed worker when runs were left waiting, for the cancellation duty (every two seconds
+however idle) and, in an API outage, when a probe of ``GET /health`` says it is back.
 It holds no run in memory that is not also on disk.
 """
 
@@ -119,8 +118,7 @@ class Poller:
         self._stop.set()
         self._wake.set()
 
-    def poke(self) -> None:
-        """Poll now (GET /api/poke)."""
+    def poke(self) -> None:  # GET /api/poke: poll now
         self._wake.set()
 
     # -- the loop ------------------------------------------------------------------------
@@ -184,7 +182,9 @@ class Poller:
                     return
                 continue  # nothing else can reach the API now
             if cancellations.due(time.monotonic()):
-                run_due([cancellations], time.monotonic(), self.s.outage)
+                looked = run_due([cancellations], time.monotonic(), self.s.outage)
+                if looked.failed:  # health says why until the next round
+                    self.s.last_error = "; ".join(f"{n}: {e}" for n, e in looked.failures)
                 if self.s.outage.active:
                     return  # seen between rounds: the next round makes single attempts
             if self.s.backlog and self.s.free_slots() > 0:

@@ -139,7 +139,7 @@ def parse_agent_address(value: str) -> tuple[str, int]:
 # Prefect 3's rule for work pool names (prefect.types.names.NonEmptyishName): not empty
 # once quotes and spaces are stripped, and none of these (the server answers 422, or 405
 # for a "/" that splits the URL path).
-POOL_NAME_BANNED = "/&><"
+POOL_NAME_BANNED = "/%&><"
 
 
 def parse_pool_name(value: str | None, source: str = "--pool") -> str:

@@ -74,7 +74,11 @@ class _Unread:
     """The run could not be read because the worker is stopping."""
 
 
-UNREAD = _Unread()
+class _Cancel:
+    """The poller asked for the run to be stopped before it could be read."""
+
+
+UNREAD, CANCEL = _Unread(), _Cancel()
 
 
 class Execution:
@@ -150,21 +154,20 @@ class Execution:
     def _before_start(self, spec: JobSpec) -> Settled | _Unread | None:
         """How the run was settled without starting, or None to start it."""
         run_id = spec.flow_run_id
-        if self.spool.cancel_requested(run_id, spec.transition_id):
-            message = f"Cancelled by {self.who} before it started"
-            return self._propose(spec, lifecycle.cancelled(message), "cancelled")
-        flow_run = self._read(spec, "start")
+        flow_run = self._read(spec, "start", cancellable=True)
         if isinstance(flow_run, _Unread):
             log.info("stopping: flow run %s, not started, is left to the next worker", run_id)
             return UNREAD
+        if isinstance(flow_run, _Cancel):
+            message = f"Cancelled by {self.who} before it started"
+            return self._propose(spec, lifecycle.cancelled(message), "cancelled")
         gone = flow_run is not None and self._deployment_gone(flow_run.deployment_id)
         decision = lifecycle.before_start(flow_run, spec.transition_id, gone, self.who)
         if decision.action is Start.START:
             return None
-        if decision.proposal is not None:
-            log.warning("flow run %s not started: %s", run_id, decision.why)
-            return self._propose(spec, decision.proposal, "not started")
         log.warning("flow run %s not started: %s", run_id, decision.why)
+        if decision.proposal is not None:
+            return self._propose(spec, decision.proposal, decision.proposal.type.lower())
         self._run_log(spec, f"Not started by {self.who}: {decision.why}")
         kind = flow_run.state_type if flow_run else None
         return Settled(kind.lower() if kind else "not started", kind)
@@ -273,7 +276,7 @@ class Execution:
                 api_away = True
         else:
             flow_run = self._read(spec, "settle")
-            if isinstance(flow_run, _Unread):
+            if isinstance(flow_run, (_Unread, _Cancel)):  # not cancellable: only _Unread
                 log.info("stopping: flow run %s, ended, is left to the next worker", run_id)
                 return UNREAD
             if flow_run is None:
@@ -302,12 +305,18 @@ class Execution:
             self._run_log(spec, f"Process ended; {decision.why}")
         return Settled(kind.lower() if kind else "unknown", kind)
 
-    def _read(self, spec: JobSpec, when: str) -> FlowRun | _Unread | None:
+    def _read(
+        self, spec: JobSpec, when: str, cancellable: bool = False
+    ) -> FlowRun | _Unread | _Cancel | None:
         """The run as Prefect shows it (None: deleted), waiting while the API is away
-        (probing every second); UNREAD if the worker stops meanwhile."""
+        (probing every second); UNREAD if the worker stops meanwhile. ``cancellable``:
+        the poller's cancel request (it saw Cancelling before the outage) ends the wait
+        with CANCEL."""
         run_id = spec.flow_run_id
         waiting_since: float | None = None
         while True:
+            if cancellable and self.spool.cancel_requested(run_id, spec.transition_id):
+                return CANCEL
             try:
                 flow_run = self.client.read_flow_run(run_id, deadline=0.0)
                 break

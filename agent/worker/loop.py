@@ -185,7 +185,7 @@ class Worker:
             return  # stopping: the spec stays in cur/ and the next worker takes it over
         self.spool.finish(lease, settled.note, spec.transition_id)
         self.reporter.finished(settled.shown)  # after: a failed finish is retried
-        log.info("flow run %s finished here: %s", spec.flow_run_id, settled.note)
+        log.info("flow run %s finished: %s", spec.flow_run_id, settled.note)
 
     def _set_state(self, state: str, flow_run_id: str | None = None) -> None:
         try:

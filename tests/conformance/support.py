@@ -306,10 +306,6 @@ class World:
         """What the flows wrote: of one run, or of all."""
         return [e for e in events(self.marker) if run_id in (None, e.run_id)]
 
-    def logs(self) -> str:
-        """Everything the poller and the workers logged."""
-        return "".join(p.read_text(errors="replace") for p in sorted(self.agent.tmp.glob("*.log")))
-
 
 def in_the_past(seconds: float) -> datetime:
     return datetime.now(UTC) - timedelta(seconds=seconds)

@@ -5,6 +5,11 @@ Completed, executed exactly once, that one included (a process that exits while 
 is Pending is started again, not crashed), and the agent claims again within 2 s of the
 server's return.
 
+The burst, on four workers: a long run whose flow is mid-sleep when the server goes (it
+finishes during the outage; its engine reports Completed once the server is back), two
+short runs done before, the run whose engine is caught starting, and two runs due just
+after the outage, which the two idle workers claim as soon as the server answers.
+
 The test stops and starts a server of its own (same port, same database), as
 tests/integration/test_outage.py does: stopping the session's would fail other tests.
 """
@@ -26,9 +31,13 @@ pytestmark = pytest.mark.conformance
 
 OUTAGE_SECONDS = 60
 WORKERS = 4
-RUNS = 6  # due now: four run, then two start as the server goes away
-LATER = 3  # due as the outage ends: there is something to claim, and free workers, at its end
-PAUSE = 6.0
+LONG = 30.0  # mid-sleep at the stop, done during the outage
+SHORT = 4.0
+LATER = 2  # one per idle worker: claimed at once when the server is back
+# Those are due this long after the stop: 12 s after the outage, so within the agent's
+# 10 s prefetch as soon as the server answers if it takes 2 s or more to start (it takes
+# 6 s or more), and never 15 s overdue (Prefect's "Late") unless it takes over 27 s.
+DUE_AFTER_STOP = OUTAGE_SECONDS + 12
 FIRST_CLAIM_WITHIN = 2.0
 
 
@@ -49,22 +58,26 @@ def engines(tag: str) -> dict[int, str]:
     return found
 
 
-def newest_engine(tag: str, known: set[int]) -> tuple[int, str] | None:
-    """An engine that was not running at the last look, launched under half a second ago
-    (its interpreter is still importing prefect: it has not called the API)."""
+def caught_starting(tag: str, run_id: str, timeout: float) -> int:
+    """Wait for the engine of ``run_id`` to be launched and return its pid while it is
+    under half a second old (its interpreter still importing prefect: it has not called
+    the API yet)."""
     ticks = 100  # os.sysconf("SC_CLK_TCK") on Linux
-    uptime = float(Path("/proc/uptime").read_text().split()[0])
-    for pid, run_id in engines(tag).items():
-        if pid in known:
-            continue
-        known.add(pid)
-        try:
-            started = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19])
-        except (OSError, IndexError, ValueError):
-            continue
-        if uptime - started / ticks < 0.5:
-            return pid, run_id
-    return None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid, of in engines(tag).items():
+            if of != run_id:
+                continue
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                uptime = float(Path("/proc/uptime").read_text().split()[0])
+            except OSError:
+                continue
+            age = uptime - int(stat.rsplit(")", 1)[1].split()[19]) / ticks
+            assert age < 0.5, f"flow run {run_id}'s engine was {age:.2f}s old when seen"
+            return pid
+        time.sleep(0.02)
+    raise AssertionError(f"flow run {run_id}'s engine was not launched in {timeout:.0f}s")
 
 
 def test_server_away_a_minute_mid_burst_every_run_completes_once_and_claims_resume_in_2s(
@@ -80,35 +93,30 @@ def test_server_away_a_minute_mid_burst_every_run_completes_once_and_claims_resu
     pool = f"/work_pools/{world.pool}"
     wait_for(lambda: world.api.status("GET", pool) == 200, 60, "the poller to make its pool")
     deployment = world.deploy("conformance_sleep")
-    run_ids = [world.run(deployment, {"pause": PAUSE}) for _ in range(RUNS)]
+    long_run = world.run(deployment, {"pause": LONG})
+    shorts = [world.run(deployment, {"pause": SHORT}) for _ in range(2)]
     world.poke()
-    tag = world.agent.procs.tag
+    world.api.wait_final(shorts, 120)
+    for run_id in shorts:
+        world.settled(run_id)  # their workers are free again
+    assert world.api.flow_run(long_run)["state"]["type"] == "RUNNING"
 
-    # Once the first runs are done, wait for a worker to launch the next engine; then
-    # add runs due as the outage ends, and take the server away at once.
-    wait_for(lambda: sum(e.event == "end" for e in world.events()) >= 2, 180, "two runs done")
-    known = set(engines(tag))
-    found: tuple[int, str] | None = None
-    deadline = time.monotonic() + 120
-    while found is None and time.monotonic() < deadline:
-        found = newest_engine(tag, known)
-        time.sleep(0.02)
-    assert found is not None, "no engine was launched"
-    engine_pid, caught = found
-    # Due 10 s after the outage ends: within the agent's 10 s prefetch once the server has
-    # started again (however long that takes), and never 15 s overdue (Prefect's "Late")
-    # unless the server takes over 25 s to start.
-    due = datetime.now(UTC) + timedelta(seconds=OUTAGE_SECONDS + 10)
-    later = [world.run(deployment, {"pause": PAUSE}, scheduled=due) for _ in range(LATER)]
+    # One more run; the instant a worker launches its engine, the server goes away.
+    caught = world.run(deployment, {"pause": SHORT})
+    world.poke()
+    engine_pid = caught_starting(world.agent.procs.tag, caught, 60)
+    due = datetime.now(UTC) + timedelta(seconds=DUE_AFTER_STOP)
+    later = [world.run(deployment, {"pause": SHORT}, scheduled=due) for _ in range(LATER)]
     own_server.stop()
     down_at = time.time()
     print(f"server stopped as flow run {caught}'s engine (pid {engine_pid}) had just started")
+    assert [e.event for e in world.events(long_run)] == ["start"]  # mid-sleep
     while time.time() - down_at < OUTAGE_SECONDS:
         time.sleep(1)
 
     own_server.start()  # same port, same database; returns once /health answers
     back = time.time()
-    everything = run_ids + later
+    everything = [long_run, *shorts, caught, *later]
     states = world.api.wait_final(everything, 240)
 
     # The first claim after the outage: the earliest Pending written since the stop.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
+import sys
 from pathlib import Path
 
 from examples import demo
@@ -71,8 +73,15 @@ def test_flow_outliving_worker_and_shim_is_watched_to_the_end(agent: Agent, mark
     assert agent.states(run_id) == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
 
 
-def test_worker_and_flow_killed_is_crashed_once_and_never_rerun(agent: Agent, marker: Path) -> None:
+def test_worker_and_flow_killed_while_running_is_crashed_once_and_never_rerun(
+    agent: Agent, marker: Path
+) -> None:
     run_id = start_run(agent, marker, pause=30)
+    wait_for(
+        lambda: demo.read_run(agent.client, run_id)["state"]["type"] == "RUNNING",
+        60,
+        "the flow run to be Running (its code runs)",
+    )
     flow_pid = flow_status(agent, run_id)["pid"]
     assert isinstance(flow_pid, int)
     os.kill(worker_pid(agent), signal.SIGKILL)
@@ -84,6 +93,36 @@ def test_worker_and_flow_killed_is_crashed_once_and_never_rerun(agent: Agent, ma
     wait_for((agent.spool / "done" / f"{run_id}.json").exists, 30, "the run to be settled")
     assert executions(marker) == []  # killed before it recorded; and not started again
     assert agent.states(run_id).count("CRASHED") == 1
+
+
+def test_worker_and_flow_killed_before_running_is_started_again_and_completes_once(
+    agent: Agent, marker: Path
+) -> None:
+    """A process killed while its run is still Pending never ran user code (the engine
+    proposes Running before any): the adopter starts it again instead of Crashed."""
+    first = agent.tmp / "first-start"
+    # The first start waits before the engine (the run stays Pending); a second starts
+    # the engine at once.
+    script = (
+        f'test -e {first} || {{ touch {first}; sleep 60; }}; exec "{sys.executable}" '
+        "-m prefect.engine"
+    )
+    command = shlex.join(["/bin/sh", "-c", script])
+    deployment = agent.deploy("slow_record", job_variables={"command": command})
+    agent.start_poller()
+    agent.start_worker()
+    run_id = agent.run(deployment, {"marker": str(marker), "pause": 0})
+    wait_for(first.exists, 90, "the first start to wait before the engine")
+    assert demo.read_run(agent.client, run_id)["state"]["type"] == "PENDING"
+    flow_pid = flow_status(agent, run_id)["pid"]
+    assert isinstance(flow_pid, int)
+    os.kill(worker_pid(agent), signal.SIGKILL)
+    os.kill(flow_pid, signal.SIGKILL)
+    agent.start_worker(name="worker")
+    assert agent.wait([run_id])[run_id]["type"] == "COMPLETED"
+    assert executions(marker) == [run_id]  # ran once
+    assert agent.states(run_id) == ["SCHEDULED", "PENDING", "RUNNING", "COMPLETED"]
+    assert "while it was still Pending: never ran; starting it again" in agent.procs.log("worker")
 
 
 def test_flow_ending_while_no_worker_runs_gets_its_real_exit_code(

@@ -144,7 +144,7 @@ def test_poller_killed_between_claim_and_publish_recovers_the_claim(
     assert agent.wait([run_id], timeout=60)[run_id]["type"] == "COMPLETED"
     assert executions(marker) == [run_id]
     assert history(agent, run_id) == ONE_CLAIM_ONE_RUN  # one claim: no second Pending
-    assert "earlier claim had succeeded; publishing" in agent.procs.log("poller2")
+    assert "claimed: the earlier claim had succeeded" in agent.procs.log("poller2")
     assert spool_files(agent, "tmp") == []
     assert spool_files(agent, "new") == []
 

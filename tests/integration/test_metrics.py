@@ -235,7 +235,8 @@ def test_prometheus_scrapes_true_counts_across_workers(
         "sum(agent_flow_runs_finished_total)": [8.0],
         "agent_flow_run_duration_seconds_count": [8.0],
         "agent_flow_run_start_delay_seconds_count": [8.0],
-        "agent_claim_conflicts_total": [],
+        # Each known reason is exported at 0 from the start, so increase() works.
+        "agent_claim_conflicts_total": [0.0, 0.0, 0.0],
         'agent_workers{state="idle"}': [2.0],
         'agent_workers{state="busy"}': [0.0],
         'agent_spool_runs{state="waiting"}': [0.0],

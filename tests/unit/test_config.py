@@ -244,3 +244,11 @@ def test_poller_config_repr_hides_env_values_and_key() -> None:
     assert "pool1" in text
     assert "hunter2-env-value" not in text
     assert "pnu_topsecret" not in text
+
+
+def test_a_logged_config_shows_no_password_key_or_auth_string() -> None:
+    api = ApiSettings(url="http://u:hunter2@h/api", key="pnu_hunter3", auth_string="u:hunter4")
+    config = PollerConfig(api=api, pool="p", spool_dir=Path("/s"), env_vars={"K": "hunter5"})
+    shown = repr(config)
+    assert "http://u:***@h/api" in shown
+    assert "hunter" not in shown

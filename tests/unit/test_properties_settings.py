@@ -135,11 +135,16 @@ def test_agent_address_gives_host_and_port_or_a_config_error(value: str) -> None
         assert host and 0 <= port <= 65535
 
 
+# Names made mostly of the characters Prefect's rule is about.
+pool_names = st.text(st.sampled_from([*"ab -_/%&><'\"\n\t", "é", "\x00"]), max_size=6)
+
+
 @FAST
-@given(st.one_of(text, st.none()))
+@given(st.one_of(pool_names, text, st.none()))
 @example("")
 @example("' \"")
 @example("a/b")
+@example("50%")
 def test_pool_name_is_accepted_only_when_prefect_accepts_it(name: str | None) -> None:
     names = pytest.importorskip("prefect.types.names")
     pydantic = pytest.importorskip("pydantic")

@@ -1,7 +1,8 @@
-"""Stranded runs (the poller's "stranded runs" duty, agent/poller/stranded.py): runs Prefect shows Pending or Running for
-this agent on this host that the spool has no spec for. A real Poller and a real Spool
-in tmp_path; a fake API client that answers /flow_runs/filter with what the test lists
-(unfiltered, as a server that ignored the filter would) and records every call."""
+"""Stranded runs (the poller's "stranded runs" duty, agent/poller/stranded.py): runs
+Prefect shows Pending or Running for this agent on this host that the spool has no spec
+for. A real Poller and a real Spool in tmp_path; a fake API client that answers
+/flow_runs/filter with what the test lists (unfiltered, as a server that ignored the
+filter would) and records every call."""
 
 from __future__ import annotations
 
