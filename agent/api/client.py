@@ -14,7 +14,7 @@ import email.utils
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 from urllib.parse import quote
@@ -306,8 +306,8 @@ class PrefectClient:
         flow_run_id, task_run_id)."""
         self.request("create_logs", "POST", "/logs/", entries, deadline)
 
-    def read_variable(self, name_or_id: str) -> Mapping[str, Any]:
-        """A Prefect Variable by UUID or by name; NotFoundError if neither exists."""
+    def read_variable(self, name_or_id: str) -> object:
+        """A Prefect Variable's value, by UUID or by name; NotFoundError if neither exists."""
         if _is_uuid(name_or_id):
             try:
                 found = self.request("read_variable", "GET", f"/variables/{name_or_id}")

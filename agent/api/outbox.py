@@ -27,7 +27,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from agent.core.errors import ApiError, AuthError, NotFoundError, SpoolError, TransientApiError
+from agent.core.errors import (
+    ApiError,
+    ApiShapeError,
+    AuthError,
+    NotFoundError,
+    SpoolError,
+    TransientApiError,
+)
 from agent.observe import metrics
 from agent.spool.files import read_json_object, replace_file_durably
 
@@ -43,8 +50,8 @@ def worth_keeping(exc: ApiError) -> bool:
     """A failure a later delivery can succeed after: no answer, 429, 5xx, a credential
     being fixed. A 404 (run deleted) or other 4xx (the server refuses this report) will
     refuse it again."""
-    if isinstance(exc, (TransientApiError, AuthError)):
-        return True
+    if isinstance(exc, (TransientApiError, AuthError, ApiShapeError)):
+        return True  # ApiShapeError: the URL reaches something else, until it is fixed
     if isinstance(exc, NotFoundError):
         return False
     return exc.status is None or exc.status >= 500

@@ -148,5 +148,6 @@ def work_pool(call: str, body: object) -> WorkPool:
     )
 
 
-def variable(call: str, body: object) -> Mapping[str, Any]:
-    return _object(call, body, "a variable")
+def variable(call: str, body: object) -> object:
+    """A Prefect Variable's value (any JSON); its meaning is the backend config's."""
+    return _object(call, body, "a variable").get("value")

@@ -23,7 +23,13 @@ from agent.api.outbox import LOGS, PID, STATE, Outbox, Report, worth_keeping
 from agent.api.runlogs import NoRunLogs, RunLogs
 from agent.core import lifecycle
 from agent.core.claim import ClaimResult, interpret
-from agent.core.errors import ApiError, AuthError, SpoolError, TransientApiError
+from agent.core.errors import (
+    ApiError,
+    ApiShapeError,
+    AuthError,
+    SpoolError,
+    TransientApiError,
+)
 from agent.core.lifecycle import Proposal
 from agent.core.states import Answer, StateType
 from agent.observe import metrics
@@ -179,7 +185,7 @@ class Reporter:
             try:
                 outcome = self._deliver(report)
             except ApiError as exc:
-                if isinstance(exc, (TransientApiError, AuthError)):
+                if isinstance(exc, (TransientApiError, AuthError, ApiShapeError)):
                     log.info("outbox: %s still waits: %s", report.describe(), exc)
                     raise
                 if worth_keeping(exc):

@@ -8,6 +8,7 @@ import click
 
 from agent.cli.options import auth_string, source
 from agent.core.redact import redact_url
+from agent.poller.retention import describe_seconds
 from agent.settings.config import PollerConfig
 
 
@@ -46,6 +47,7 @@ def describe_config(ctx: click.Context, config: PollerConfig, backend: set[str])
             source(ctx, "agent_address"),
         ),
         ("max-polls", str(config.max_polls or "(for ever)"), source(ctx, "max_polls")),
+        ("retention", describe_seconds(config.retention), source(ctx, "retention")),
         ("log-level", str(ctx.params["log_level"]), source(ctx, "log_level")),
         ("log-format", str(ctx.params["log_format"]), source(ctx, "log_format")),
     ]

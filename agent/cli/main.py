@@ -108,6 +108,7 @@ def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
         cloud_logs=cloud_logs(ctx, p["no_cloud_logs"], dict(os.environ)),
         agent_config_id=p["agent_config_id"] or None,
         agent_config_refresh=p["agent_config_refresh"],
+        retention=p["retention"],
         stranded_after=_stranded_after(os.environ.get("AGENT_STRANDED_AFTER_SECONDS")),
         crash_after_claim=os.environ.get("AGENT_TEST_CRASH_AFTER_CLAIM") == "1",
     )
@@ -199,6 +200,7 @@ def worker(ctx: click.Context, /, **p: Any) -> None:
         crash_loop=Policy(
             threshold=_crash_loop_threshold(os.environ.get("AGENT_CRASH_LOOP_THRESHOLD"))
         ),
+        kill_on_spec=os.environ.get("AGENT_TEST_KILL_ON_SPEC") or None,
     )
     sys.exit(run_worker(config))
 
@@ -224,7 +226,7 @@ POLLER_PARAMS = (
     *SHARED_PARAMS,
     *("pool", "work_queues", "name", "labels", "import_paths", "show_flow_logs"),
     *("hostname_label", "no_cloud_logs", "agent_config_id", "agent_config_refresh"),
-    *("max_polls", "agent_address"),
+    *("max_polls", "agent_address", "retention"),
 )
 WORKER_PARAMS = (
     *SHARED_PARAMS,
@@ -371,12 +373,13 @@ def status(config_file: Path | None, spool: Path, as_json: bool) -> None:
     """What this host's agent is doing now: poller, workers, runs waiting, running and
     finished in the last hour. Exit 0 if the poller and every worker are alive, 3 if not."""
     from agent.cli import status as status_
+    from agent.cli.status_table import render_table
 
     snapshot = status_.collect(spool)
     if as_json:
         click.echo(json.dumps(snapshot, indent=2, sort_keys=True))
     else:
-        click.echo(status_.render_table(snapshot))
+        click.echo(render_table(snapshot))
     sys.exit(status_.exit_code(snapshot))
 
 

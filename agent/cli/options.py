@@ -1,10 +1,9 @@
 """Command-line options shared by the commands, and where each value came from.
 
 Precedence, for every setting: flag > environment variable > config file (``--config``)
-> built-in default; the backend config (``--agent-config-id``) sits above all of them
-and is applied by the poller. Click gives us the first three for free: the config file
-is loaded by an eager option into click's ``default_map``, which click consults after
-the command line and the environment.
+> built-in default; the backend config (``--agent-config-id``) sits above all and is
+applied by the poller. The config file is loaded by an eager option into click's
+``default_map``, which click consults after the command line and the environment.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from agent.observe import logs
 from agent.settings import configfile, defaults
 from agent.settings.config import (
     parse_agent_address,
+    parse_duration,
     parse_env_pairs,
     parse_env_vars_value,
     parse_labels_value,
@@ -73,6 +73,13 @@ class EnvPairType(click.ParamType):  # type: ignore[type-arg]
 
     def split_envvar_value(self, rv: str) -> Sequence[str]:
         return [f"{k}={v}" for k, v in parse_env_vars_value(rv, ENV_VARS_ENV).items()]
+
+
+def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    try:
+        return parse_duration(value, f"--{param.name}")
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
 
 
 def _address(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -300,6 +307,16 @@ def poller_options(func: F) -> F:
                 envvar="AGENT_CONFIG_REFRESH_SECONDS",
                 show_envvar=True,
                 help="Seconds between reads of the --agent-config-id variable.",
+            ),
+            click.option(
+                "--retention",
+                default="7d",
+                show_default=True,
+                envvar="AGENT_RETENTION",
+                show_envvar=True,
+                callback=_duration,
+                help="How long done/, failed/ and runs/ keep a finished run before it is "
+                "deleted: 7d, 12h, 30m, 90s or seconds.",
             ),
             click.option(
                 "--max-polls",

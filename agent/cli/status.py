@@ -13,7 +13,6 @@ import math
 import os
 import time
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,14 @@ from agent.core.redact import redact_text
 from agent.core.spec import loads
 from agent.settings import defaults
 from agent.spool.files import read_json_object
-from agent.spool.locks import POLLER_STATE, is_locked, poller_alive, read_poller_state
+from agent.spool.guard import NotRegularFile, open_regular
+from agent.spool.locks import (
+    POLLER_STATE,
+    POLLER_WAITING,
+    is_locked,
+    poller_alive,
+    read_poller_state,
+)
 from agent.spool.moves import CUR, DONE, FAILED, NEW, RUNS, SUFFIX, Spool
 from agent.spool.registry import BACKOFF, DEAD, Registry
 from agent.worker.shim import STATUS_FILE
@@ -90,11 +96,14 @@ def _read_spec(spool: Spool, state: str, run_id: str) -> _SpecView | None:
     """None when the spec moved on while we looked (taken, finished)."""
     path = spool.dir(state) / f"{run_id}{SUFFIX}"
     try:
-        with open(path, "rb") as f:
+        # Never blocks: a FIFO or a symlink named like a spec is not opened as one.
+        with os.fdopen(open_regular(path), "rb") as f:
             mtime = os.fstat(f.fileno()).st_mtime
             data = f.read(_MAX_SPEC)
     except FileNotFoundError:
         return None
+    except NotRegularFile as exc:
+        return _SpecView(None, None, None, 0.0, f"not a spec: {exc.kind}")
     except OSError as exc:
         return _SpecView(None, None, None, 0.0, f"cannot read spec: {exc.strerror}")
     try:
@@ -156,7 +165,17 @@ def _poller(root: Path, now: float) -> dict[str, Any]:
         "last_successful_poll": last_ok,
         "last_successful_poll_age_seconds": None if last_ok is None else round(now - last_ok, 3),
         "last_error": _redacted(_str(body, "last_error")),
+        "waiting": _poller_waiting(root),
     }
+
+
+def _poller_waiting(root: Path) -> dict[str, Any] | None:
+    """A new poller waiting for an orphan (of a supervisord that died) to release the lock."""
+    body = read_json_object(root / POLLER_WAITING) or {}
+    pid, holder = _int(body, "pid"), _int(body, "waiting_for")
+    if pid is None or holder is None or not Path(f"/proc/{pid}").exists():
+        return None  # a note left by a poller that is gone
+    return {"pid": pid, "waiting_for": holder, "since": _num(body, "since")}
 
 
 def _workers(root: Path, now: float) -> list[dict[str, Any]]:
@@ -315,11 +334,6 @@ def exit_code(snapshot: dict[str, Any]) -> int:
     return EXIT_DEGRADED if problems(snapshot) else EXIT_OK
 
 
-# -- the table -----------------------------------------------------------------------
-
-_WAITING_SHOWN = 10
-
-
 def age(seconds: float | None) -> str:
     """Whole units, rounded down: 12s, 3m, 2h, 4d."""
     if seconds is None:
@@ -329,143 +343,3 @@ def age(seconds: float | None) -> str:
         if seconds >= size:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
-
-
-def _ago(now: float, then: float | None) -> str:
-    return "-" if then is None else age(now - then)
-
-
-def _cell(value: object, width: int = 40) -> str:
-    """One printable line: file contents must not break the layout or the terminal."""
-    if value is None or value == "":
-        return "-"
-    text = "".join(c if c.isprintable() else "?" for c in str(value))
-    return text if len(text) <= width else text[: width - 3] + "..."
-
-
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(r[i]) for r in [headers, *rows]) for i in range(len(headers))]
-    return [
-        "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-        for r in [headers, *rows]
-    ]
-
-
-def _scheduled(now: float, value: str | None) -> str:
-    if not value:
-        return "-"
-    try:
-        when = datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
-    except ValueError:
-        return _cell(value, 32)
-    return f"{age(now - when)} ago" if when <= now else f"in {age(when - now)}"
-
-
-def _header(snap: dict[str, Any]) -> list[str]:
-    now, poller = snap["generated_at"], snap["poller"]
-    labels = poller["labels"]
-    if poller["alive"]:
-        who = f"running, pid {_cell(poller['pid'])}"
-    else:
-        who = f"NOT RUNNING (last pid {_cell(poller['pid'])})"
-    if poller["name"] or poller["hostname"]:
-        who += f", {_cell(poller['name'])} on {_cell(poller['hostname'])}"
-    if poller["version"]:
-        who += f", version {_cell(poller['version'])}"
-    if poller["state_file"] != "ok":
-        who += f", poller.json {poller['state_file']}"
-    last_ok = poller["last_successful_poll_age_seconds"]
-    found = problems(snap)
-    pairs = [
-        ("spool", _cell(snap["spool"], 200)),
-        ("pool", _cell(poller["pool"])),
-        ("labels", ", ".join(_cell(x) for x in labels) if labels else "-"),
-        ("queues", ", ".join(_cell(x) for x in poller["work_queues"] or []) or "-"),
-        ("poller", who),
-        ("last poll", "never" if last_ok is None else f"{age(last_ok)} ago"),
-    ]
-    if poller["last_error"]:
-        pairs.append(("last error", _cell(poller["last_error"], 200)))
-    if poller["updated"] is not None:
-        pairs.append(("updated", f"{_ago(now, poller['updated'])} ago"))
-    pairs.append(("health", f"DEGRADED: {'; '.join(found)}" if found else "ok"))
-    return [f"{k:<11}{v}" for k, v in pairs]
-
-
-def render_table(snapshot: dict[str, Any]) -> str:
-    """The human view: a header block, then WORKERS, RUNNING, WAITING and FINISHED.
-    Never shows env_vars (their values may be secrets): they are not in the snapshot."""
-    now = snapshot["generated_at"]
-    lines = _header(snapshot)
-
-    workers = snapshot["workers"]
-    by_state = {s: sum(w["state"] == s for w in workers) for s in ("busy", "idle", BACKOFF, "dead")}
-    if not by_state[BACKOFF]:
-        del by_state[BACKOFF]  # shown only when some worker is in backoff
-    lines += [
-        "",
-        f"WORKERS ({len(workers)}: " + ", ".join(f"{n} {s}" for s, n in by_state.items()) + ")",
-    ]
-    if workers:
-        rows = [
-            [
-                _cell(w["worker_id"]),
-                w["state"],
-                _cell(w["pid"]),
-                _cell(w["flow_run_id"]),
-                _ago(now, w["since"]),
-                str(w["recent_exits"]),
-            ]
-            for w in workers
-        ]
-        lines += _table(["WORKER", "STATE", "PID", "FLOW RUN", "SINCE", "EXITS"], rows)
-
-    running = snapshot["runs"]["running"]
-    lines += ["", f"RUNNING ({len(running)})"]
-    if running:
-        rows = []
-        for r in running:
-            notes = []
-            if not r["watched"]:
-                notes.append("ORPHANED: no worker or shim holds it")
-            if r["worker_alive"] is False:
-                notes.append("worker dead")
-            if r["returncode"] is not None:
-                notes.append(f"exited {r['returncode']}")
-            if r["error"]:
-                notes.append(_cell(r["error"], 60))
-            rows.append(
-                [
-                    _cell(r["flow_run_id"]),
-                    _cell(r["name"], 32),
-                    _cell(r["worker"]),
-                    _cell(r["pid"]),
-                    _ago(now, r["since"]),
-                    "; ".join(notes),
-                ]
-            )
-        lines += _table(["FLOW RUN", "NAME", "WORKER", "PID", "SINCE", "NOTE"], rows)
-
-    waiting = snapshot["runs"]["waiting"]
-    oldest = min((w["claimed_at"] for w in waiting if w["claimed_at"] is not None), default=None)
-    title = f"WAITING ({len(waiting)}"
-    lines += ["", title + (f", oldest {_ago(now, oldest)})" if oldest is not None else ")")]
-    if waiting:
-        rows = [
-            [
-                _cell(w["flow_run_id"]),
-                _cell(w["name"], 32) if not w["error"] else f"(bad spec: {_cell(w['error'], 60)})",
-                _ago(now, w["claimed_at"]),
-                _scheduled(now, w["scheduled_start"]),
-            ]
-            for w in waiting[:_WAITING_SHOWN]
-        ]
-        lines += _table(["FLOW RUN", "NAME", "WAITING", "SCHEDULED"], rows)
-        if len(waiting) > _WAITING_SHOWN:
-            lines.append(f"... and {len(waiting) - _WAITING_SHOWN} more (--json lists all)")
-
-    counts = snapshot["runs"]["finished_last_hour"]
-    shown = [o for o in OUTCOMES if o != "unknown" or counts.get(o)]
-    lines += ["", "FINISHED (last hour)"]
-    lines += _table([o.upper() for o in shown], [[str(counts.get(o, 0)) for o in shown]])
-    return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from typing import Any
 from agent.api.client import PrefectClient
 from agent.api.outbox import Outbox, logs_report
 from agent.api.runlogs import NoRunLogs, RunLogs, ship_to
+from agent.cli import supervised
 from agent.core.errors import ApiError, ConfigError
 from agent.observe import metrics
 from agent.observe.httpd import AgentHTTPServer
@@ -16,7 +17,7 @@ from agent.poller.loop import Poller
 from agent.poller.supervision import start_group
 from agent.settings import backend_config
 from agent.settings.config import ApiSettings, PollerConfig, WorkerConfig
-from agent.spool.locks import lock_poller
+from agent.spool.locks import POLLER_LOCK, POLLER_STATE, POLLER_WAITING, lock_poller
 from agent.spool.moves import Spool
 from agent.spool.registry import Registry
 from agent.worker.launcher import ShimLauncher
@@ -55,7 +56,15 @@ def _runlogs(settings: ApiSettings, wanted: bool, spool: Spool, source: str) -> 
 def run_poller(config: PollerConfig) -> int:
     spool = Spool(config.spool_dir)
     spool.ensure()
-    lock_fd = lock_poller(spool.root)
+    root = spool.root
+    # An orphan of a supervisord killed earlier may still hold the lock: wait for it.
+    note = root / POLLER_WAITING
+    lock = root / POLLER_LOCK
+    supervised.wait_while_orphan_holds(
+        lock, root / POLLER_STATE, "the poller lock", os.environ, note
+    )
+    lock_fd = lock_poller(root)
+    spool.hold_poller_lock(lock_fd)  # taken again should the spool be deleted
     if metrics.reset_if_whole_agent_starts(os.getpid()):
         log.info("metrics: the whole agent is starting; counters start from zero")
     registry = Registry(spool.root)
@@ -79,6 +88,12 @@ def run_poller(config: PollerConfig) -> int:
         log.info("serving /api/health, /api/poke and /metrics at http://%s:%d", *config.address)
     if config.supervisor_url:
         start_group(config.supervisor_url, config.worker_group)
+
+    def orphaned(reason: str) -> None:
+        log.warning("%s: no new claims; exiting", reason)
+        poller.stop()
+
+    supervised.watch_parent(os.environ, orphaned)
     try:
         return poller.run()
     finally:
@@ -92,6 +107,10 @@ def run_poller(config: PollerConfig) -> int:
 
 def run_worker(config: WorkerConfig) -> int:
     spool = Spool(config.spool_dir)
+    workers = spool.root / "workers"
+    what = f"worker id {config.worker_id!r}"
+    lock, state = workers / f"{config.worker_id}.lock", workers / f"{config.worker_id}.json"
+    supervised.wait_while_orphan_holds(lock, state, what, os.environ)
     client = PrefectClient(config.api)
     # Whether a run's lines are sent is the spec's choice (the poller's --no-cloud-logs).
     runlogs = _runlogs(config.api, True, spool, f"worker {config.worker_id}")
@@ -104,6 +123,12 @@ def run_worker(config: WorkerConfig) -> int:
         runlogs=runlogs,
     )
     worker.install_signal_handlers()
+
+    def orphaned(reason: str) -> None:
+        log.warning("%s: taking no new runs; exiting once the current one is settled", reason)
+        worker.stop()
+
+    supervised.watch_parent(os.environ, orphaned)
     try:
         return worker.run()
     finally:

@@ -150,16 +150,16 @@ def before_start(
     if kind is StateType.CANCELLING:
         message = f"Cancelled by {who} before it started"
         return StartDecision(Start.PROPOSE, message, cancelled(message))
+    if not is_our_pending(run.state, claim):
+        return StartDecision(
+            Start.LEAVE, f"it is {kind or 'in an unknown state'}, no longer our Pending"
+        )
     if deployment_gone:
         # Prefect deletes a deployment's scheduled runs with it, but not one already
         # Pending: its engine could not load the flow. Say so instead of starting it.
         message = f"Deployment {run.deployment_id} was deleted; flow run cancelled, not run."
         return StartDecision(Start.PROPOSE, message, cancelled(message, force=False))
-    if is_our_pending(run.state, claim):
-        return StartDecision(Start.START)
-    return StartDecision(
-        Start.LEAVE, f"it is {kind or 'in an unknown state'}, no longer our Pending"
-    )
+    return StartDecision(Start.START)
 
 
 # -- after the process exits -------------------------------------------------------------

@@ -157,6 +157,12 @@ WORKER_CRASHES = Counter(
     # Every worker exports its own at 0 from its start, so increase() sees the first exit.
     ["worker"],
 )
+# No labels: it is exported at 0 from every process's start.
+QUARANTINED = Counter(
+    "agent_specs_quarantined_total",
+    "Specs moved to failed/ and their runs failed because taking them killed worker "
+    "processes before their flow started (poison specs)",
+)
 
 
 # Every known label value starts at 0, so that increase() and rate() see the first event

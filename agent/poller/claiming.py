@@ -16,7 +16,13 @@ from typing import Any
 
 from agent.core import lifecycle
 from agent.core.claim import Claim
-from agent.core.errors import ApiError, JobVariableError, NotFoundError, SpoolError
+from agent.core.errors import (
+    ApiError,
+    ConfigError,
+    JobVariableError,
+    NotFoundError,
+    SpoolError,
+)
 from agent.core.jobvars import (
     base_job_template,
     labels_match,
@@ -38,6 +44,9 @@ log = logging.getLogger(__name__)
 WORKER_LABEL = "prefect.worker.name"
 POOL_LABEL = "prefect.work-pool.name"
 HOST_LABEL = "local-agent.host"
+# What the server answers, at pool set-up, to a name it will not take (a bad path, a
+# name it fails to validate).
+POOL_REFUSED = frozenset({400, 405, 422})
 
 
 class Claiming:
@@ -48,7 +57,20 @@ class Claiming:
 
     def setup_pool(self) -> None:
         config = self.s.config
-        pool = self.s.client.ensure_work_pool(config.pool, defaults.POOL_TYPE, base_job_template())
+        try:
+            pool = self.s.client.ensure_work_pool(
+                config.pool, defaults.POOL_TYPE, base_job_template()
+            )
+        except ApiError as exc:
+            refused = exc.status in POOL_REFUSED
+            # 403 on creating a pool that is missing: a reserved name ("prefect-..."), or
+            # a key that may not create pools; a 401/403 on reading stays an auth error.
+            if not refused and not (exc.status == 403 and exc.call == "create_work_pool"):
+                raise
+            # The server refuses the name itself: no retry can help (exit 78, named).
+            raise ConfigError(
+                f"work pool {config.pool!r} is refused by the server: {exc}"
+            ) from None
         if pool.type != defaults.POOL_TYPE:
             log.warning(
                 "work pool %r has type %r, not %r: other workers may take its runs too",

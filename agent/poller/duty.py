@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from agent.core.errors import ApiError, ConfigError, SpoolError
+from agent.core.errors import ApiError, ApiShapeError, ConfigError, SpoolError
 from agent.poller.outage import Outage, is_outage
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,8 @@ def outage_started_this_round(result: RoundResult) -> bool:
 def _log_failure(duty: Duty, exc: Exception, outage: Outage) -> None:
     if isinstance(exc, ApiError) and is_outage(exc):
         outage.failed(exc)
+    elif isinstance(exc, ApiShapeError):
+        outage.wrong_api(exc)  # not every round: at most once a minute
     elif isinstance(exc, (ApiError, SpoolError)):
         log.error("%s failed, will retry in %.1fs: %s", duty.name, duty.retry, exc)
     else:

@@ -45,13 +45,16 @@ def health(s: Shared, started_at: float) -> tuple[bool, dict[str, Any]]:
             f"the Prefect API has been unavailable for {now - s.outage.down_since:.0f}s, "
             f"claiming nothing: {s.last_error}"
         )
-        if waiting:
-            api_reason += f"; {waiting} reports wait in the outbox"
+    elif s.outage.not_prefect is not None:
+        api_reason = f"{s.outage.not_prefect}; claiming nothing"
+    if api_reason and waiting:
+        api_reason += f"; {waiting} reports wait in the outbox"
     checks: dict[str, Any] = {
         "api": {
             "ok": api_reason is None,
             "reason": api_reason,
             "unavailable_since": s.outage.down_since,
+            "not_prefect_since": s.outage.not_prefect_since,
             "outbox_reports": waiting,
         },
         "poll": {

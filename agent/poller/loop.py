@@ -1,12 +1,11 @@
 """The poller: a short loop over named duties (agent/poller/duty.py).
 
 Each round runs, in this order, every duty that is due: backend config, work pool,
-heartbeat, spool probe, outbox delivery, settle write-ahead specs, stranded runs,
-cancellations, claim. Between rounds it sleeps, waking early on /api/poke, on stop, for
-a freed worker when runs were left waiting, for the cancellation duty (every two seconds
-however idle) and, in an API outage, when a probe of ``GET /health`` says it is back.
-It holds no run in memory that is not also on disk.
-"""
+heartbeat, spool probe, retention, outbox delivery, settle write-ahead specs, stranded
+runs, cancellations, claim. Between rounds it sleeps, waking early on /api/poke, on stop,
+for a freed worker when runs were left waiting, for the cancellation duty (every two
+seconds however idle) and, in an API outage, when a probe of ``GET /health`` says it is
+back. It holds no run in memory that is not also on disk."""
 
 from __future__ import annotations
 
@@ -32,6 +31,7 @@ from agent.poller.cancellation import Cancellations
 from agent.poller.claiming import Claiming, crash_after_claim
 from agent.poller.duty import Duty, outage_started_this_round, run_due
 from agent.poller.outage import Outage
+from agent.poller.retention import RETAIN, Retention
 from agent.poller.settle import Settle
 from agent.poller.shared import Shared
 from agent.poller.stranded import Stranded
@@ -73,6 +73,7 @@ class Poller:
             Duty("work pool", self.claiming.setup_pool, every=float("inf")),
             Duty("heartbeat", self.upkeep.heartbeat, every=config.heartbeat_seconds),
             Duty("spool probe", self.upkeep.probe_spool, needs_api=False),
+            Duty("retention", Retention(spool, config.retention).run, RETAIN, needs_api=False),
             Duty("outbox delivery", self.upkeep.deliver_outbox),
             Duty("settle write-ahead specs", Settle(self.claiming).run),
             Duty(
@@ -97,8 +98,6 @@ class Poller:
 
     def duty(self, name: str) -> Duty:
         return next(d for d in self.duties if d.name == name)
-
-    # -- control -------------------------------------------------------------------------
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self._on_signal)
@@ -153,7 +152,7 @@ class Poller:
         else:
             s.last_error = None
         if not outage_started_this_round(result):
-            s.outage.ok()  # the API answered (a refusal like a 422 is an answer too)
+            s.outage.ok(result.failures)  # it answered (a 422 is an answer too)
         self.polls += 1
         config = s.config
         self.interval = next_poll_interval(

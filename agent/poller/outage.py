@@ -13,21 +13,25 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from agent.api.client import PrefectClient
-from agent.core.errors import ApiError, TransientApiError
+from agent.core.errors import ApiError, ApiShapeError, TransientApiError
+from agent.core.redact import redact_url
 from agent.settings import defaults
 
 log = logging.getLogger(__name__)
 
 RECOVERY_SECONDS = 60.0
+# An API URL that reaches something else (a proxy, a captive portal, the wrong port) fails
+# every round the same way: said at most this often, and in health meanwhile.
+NOT_PREFECT_LOG_SECONDS = 60.0
 
 
 def is_outage(exc: BaseException) -> bool:
     """The API is away or failing, as opposed to refusing us (auth, 4xx)."""
-    if not isinstance(exc, ApiError):
-        return False
+    if not isinstance(exc, ApiError) or isinstance(exc, ApiShapeError):
+        return False  # an answer of the wrong shape is no outage: probing cannot end it
     return isinstance(exc, TransientApiError) or exc.status is None or exc.status >= 500
 
 
@@ -45,6 +49,9 @@ class Outage:
         self._probe_failed = False  # the last probe of this outage failed
         self._next_probe = float("-inf")
         self._recovering_until = float("-inf")
+        self.not_prefect: str | None = None  # why the API does not look like Prefect's
+        self.not_prefect_since: float | None = None  # wall time
+        self._next_not_prefect_log = float("-inf")
 
     @property
     def active(self) -> bool:
@@ -64,8 +71,39 @@ class Outage:
         else:
             log.debug("the Prefect API is still unavailable: %s", exc)
 
-    def ok(self) -> None:
-        """A round went through: the outage, if any, is over."""
+    def wrong_api(self, exc: ApiShapeError) -> None:
+        """A call got an answer that is not the Prefect API's: kept for health, logged
+        at most once a minute (it fails the same way every round)."""
+        if exc.status is None:  # a JSON body of another shape: the boundary knows no URL
+            reason = (
+                f"{redact_url(self.client.settings.url)} does not look like a Prefect API: {exc}"
+            )
+        else:  # not JSON at all: the client's message names the URL and what came back
+            reason = str(exc)
+        if self.not_prefect is None:
+            self.not_prefect_since = self._wall()
+        self.not_prefect = reason
+        now = self._clock()
+        if now < self._next_not_prefect_log:
+            log.debug("%s", reason)
+            return
+        self._next_not_prefect_log = now + NOT_PREFECT_LOG_SECONDS
+        log.error(
+            "%s; claiming nothing, trying again every round (said at most once a minute)",
+            reason,
+        )
+
+    def ok(self, failures: Sequence[tuple[str, Exception]] = ()) -> None:
+        """A round went through: the outage, if any, is over. ``failures``: the round's
+        failed duties; while one got an answer of the wrong shape the API is still not
+        known to be Prefect's."""
+        if not any(isinstance(exc, ApiShapeError) for _, exc in failures):
+            if self.not_prefect is not None:
+                log.info(
+                    "the API at %s answers as Prefect again", redact_url(self.client.settings.url)
+                )
+            self.not_prefect = self.not_prefect_since = None
+            self._next_not_prefect_log = float("-inf")
         if self.down_since is not None:
             log.info(
                 "the Prefect API answers again after %.0fs; polling",

@@ -62,14 +62,14 @@ def fetch(client: PrefectClient, variable: str) -> BackendSettings:
     """Read and parse the variable. ConfigError if it is missing or malformed; ApiError
     (the API is down, say) is left to the caller, which retries."""
     try:
-        found = client.read_variable(variable)
+        value = client.read_variable(variable)
     except NotFoundError:
         where = redact_url(client.settings.url)
         raise ConfigError(
             f"agent config variable {variable!r} does not exist on {where} "
             "(--agent-config-id takes a Prefect Variable's name or id)"
         ) from None
-    return parse(found.get("value"), variable)
+    return parse(value, variable)
 
 
 def defined(settings: BackendSettings) -> set[str]:

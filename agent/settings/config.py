@@ -79,6 +79,8 @@ class PollerConfig:
     # A Pending/Running run of ours without a spec is acted on only once its state is
     # this old (hidden env var AGENT_STRANDED_AFTER_SECONDS; tests set 0).
     stranded_after: float = defaults.STRANDED_AFTER_SECONDS
+    # done/, failed/ and runs/ keep a finished run this long (--retention).
+    retention: float = defaults.RETENTION_SECONDS
     # A fault seam for tests only (hidden env var AGENT_TEST_CRASH_AFTER_CLAIM=1): exit
     # right after a claim is accepted, before its spec is published.
     crash_after_claim: bool = False
@@ -100,6 +102,9 @@ class WorkerConfig:
     # When a worker restarted after unexpected exits waits before taking runs (its
     # threshold: hidden env var AGENT_CRASH_LOOP_THRESHOLD; tests lower it).
     crash_loop: Policy = field(default_factory=Policy)
+    # A fault seam for tests only (hidden env var AGENT_TEST_KILL_ON_SPEC=<flow run id>):
+    # the worker kills itself (SIGKILL) on taking that run's spec, before its flow starts.
+    kill_on_spec: str | None = None
 
 
 def parse_api_url(value: str | None) -> str:
@@ -142,6 +147,22 @@ def parse_agent_address(value: str) -> tuple[str, int]:
 POOL_NAME_BANNED = "/%&><"
 
 
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: str | float, source: str) -> float:
+    """``7d``, ``12h``, ``30m``, ``90s`` or a number of seconds; > 0 and finite."""
+    text = str(value).strip().lower()
+    unit = _DURATION_UNITS.get(text[-1:], 0.0) if text else 0.0
+    try:
+        seconds = float(text[:-1] if unit else text) * (unit or 1.0)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < float("inf"):  # also refuses nan
+        raise ConfigError(f"{source} {value!r}: expected a duration such as 7d, 12h, 30m or 90s")
+    return seconds
+
+
 def parse_pool_name(value: str | None, source: str = "--pool") -> str:
     """The work pool name, or ConfigError naming it and what is wrong with it."""
     name = value or ""
@@ -156,6 +177,9 @@ def parse_pool_name(value: str | None, source: str = "--pool") -> str:
         )
     if not name.isprintable():
         raise ConfigError(f"work pool name {name!r} ({source}) has control characters in it")
+    if name in (".", ".."):
+        # A URL path cannot address it: /work_pools/.. is /work_pools/ to every HTTP stack.
+        raise ConfigError(f"work pool name {name!r} ({source}) cannot be used in the API's URLs")
     return name
 
 

@@ -40,6 +40,10 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+def _duration(v: Any) -> bool:  # checked in full by the option's own parser
+    return _str(v) or _number(v)
+
+
 def _str_list(v: Any) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
@@ -78,6 +82,7 @@ KEYS: dict[str, Key] = {
     "show-flow-logs": Key("show_flow_logs", _bool, "true or false"),
     "hostname-label": Key("hostname_label", _bool, "true or false"),
     "max-polls": Key("max_polls", _int, "an integer"),
+    "retention": Key("retention", _duration, "a duration (7d, 12h, 30m, 90s) or seconds"),
     "agent-address": Key("agent_address", _str, "a string (http://HOST:PORT)"),
     "agent-config-id": Key("agent_config_id", _str, "a string (variable name or id)"),
     "agent-config-refresh": Key("agent_config_refresh", _number, "a number of seconds"),

@@ -64,6 +64,11 @@ STRANDED_RETRY_SECONDS = 30.0
 STRANDED_AFTER_SECONDS = 60.0
 STRANDED_PAGE = 200
 
+# Retention: done/, failed/ and runs/ keep a finished run this long (--retention), and
+# the poller looks for what is older once an hour (and at start).
+RETENTION_SECONDS = 7 * 86400.0
+RETENTION_CHECK_SECONDS = 3600.0
+
 # A stopping poller exits within this long even if an API call is in flight
 # (supervisor's stopwaitsecs for it is 10 s; the issue asks for one second).
 POLLER_EXIT_DEADLINE = 0.8

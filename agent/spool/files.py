@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,17 @@ def read_json_object(path: Path) -> dict[str, Any] | None:
     """A JSON object from one of the agent's small state files, or None if it is missing,
     half-written or not an object: readers never fail on another process's file."""
     try:
-        body = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        # Non-blocking and regular files only: a FIFO planted here must not hang a reader
+        # (`agent status` above all).
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
         return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        body = json.loads(os.pread(fd, 1 << 24, 0))
+    except (OSError, ValueError, RecursionError):
+        return None
+    finally:
+        os.close(fd)
     return body if isinstance(body, dict) else None

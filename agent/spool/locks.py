@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -13,8 +14,12 @@ from typing import Any
 from agent.core.errors import SpoolError
 from agent.spool.files import read_json_object
 
+log = logging.getLogger(__name__)
+
 POLLER_LOCK = "poller.lock"
 POLLER_STATE = "poller.json"
+# A new poller waiting for an orphan of a dead supervisord (agent/cli/supervised.py).
+POLLER_WAITING = "poller.waiting.json"
 
 
 def hold_lock(path: Path, wait: float = 1.0) -> int | None:
@@ -34,16 +39,36 @@ def hold_lock(path: Path, wait: float = 1.0) -> int | None:
             time.sleep(0.01)
 
 
+def keep_lock(path: Path, fd: int) -> int:
+    """The fd to keep holding ``path``'s lock: ``fd`` while ``path`` is still its file; a
+    new lock when the file was deleted (with the spool) and perhaps made again. The old
+    fd stays open: its owner closes it at exit."""
+    try:
+        if os.stat(path).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except FileNotFoundError:
+        pass
+    new = hold_lock(path, wait=0.0)
+    if new is None:
+        log.error("%s: another process holds the lock of the re-created spool", path)
+        return fd
+    log.warning("%s was gone (the spool was deleted?): locked it again", path)
+    return new
+
+
 def is_locked(path: Path) -> bool:
     """True while some live process holds ``path``'s flock (the kernel drops it at death)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        # O_NONBLOCK: a FIFO planted under a lock's name must not hang the probe.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except BlockingIOError:
         return True
+    except OSError:
+        return False  # not a file that can be locked
     finally:
         os.close(fd)  # closing drops our probe lock, if we got it
     return False

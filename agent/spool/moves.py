@@ -29,13 +29,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.core.errors import SpoolError
+from agent.spool import guard, tidy
 from agent.spool.files import fsync_dir, read_json_object, replace_file_durably, write_file_durably
+from agent.spool.folders import CUR as CUR
+from agent.spool.folders import DONE as DONE
+from agent.spool.folders import FAILED as FAILED
+from agent.spool.folders import NEW as NEW
+from agent.spool.folders import RUNS as RUNS
+from agent.spool.folders import STATE_DIRS as STATE_DIRS
+from agent.spool.folders import SUFFIX as SUFFIX
+from agent.spool.folders import TMP as TMP
+from agent.spool.folders import Folders
 
 log = logging.getLogger(__name__)
 
-TMP, NEW, CUR, DONE, FAILED, RUNS = "tmp", "new", "cur", "done", "failed", "runs"
-STATE_DIRS = (TMP, NEW, CUR, DONE, FAILED)
-SUFFIX = ".json"
 CANCEL_FILE = "cancel"  # in runs/<id>/: the poller asks the run's worker to stop it
 
 
@@ -49,6 +56,7 @@ class Lease:
     fd: int
     data: bytes
     adopted: bool = False  # taken over from cur/ after its worker and shim died
+    let_go: bool = False  # ...or left there by a live worker (stopping, a spool error)
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -56,28 +64,11 @@ class Lease:
             self.fd = -1
 
 
-class Spool:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-
-    def dir(self, state: str) -> Path:
-        return self.root / state
+class Spool(Folders):
+    """The spool's folders (agent/spool/folders.py) and every move of a spec."""
 
     def _path(self, state: str, run_id: str) -> Path:
         return self.root / state / f"{run_id}{SUFFIX}"
-
-    def ensure(self) -> None:
-        """Create the folders, owner-only, and check they share one filesystem."""
-        try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(self.root, 0o700)
-            for name in (*STATE_DIRS, RUNS):
-                self.dir(name).mkdir(mode=0o700, exist_ok=True)
-        except OSError as exc:
-            raise SpoolError(f"cannot create spool {self.root}: {exc}") from exc
-        devices = {os.stat(self.dir(name)).st_dev for name in STATE_DIRS}
-        if len(devices) != 1:
-            raise SpoolError(f"spool {self.root}: tmp/new/cur/done must be on one filesystem")
 
     # -- listing ---------------------------------------------------------------------
 
@@ -103,7 +94,21 @@ class Spool:
         return {"waiting": self.count(NEW), "running": self.count(CUR)}
 
     def read(self, state: str, run_id: str) -> bytes:
-        return self._path(state, run_id).read_bytes()
+        """A spec's bytes; something else under its name is set aside (NotRegularFile)."""
+        path = self._path(state, run_id)
+        try:
+            return guard.read_regular(path)
+        except guard.NotRegularFile as exc:
+            self._set_aside(exc)
+            raise
+
+    def screen(self) -> int:
+        """Set aside whatever is named like a spec in tmp/, new/ or cur/ but is not a
+        regular file (a flow can write there); how many went."""
+        return sum(len(guard.screen(self.dir(s), self.dir(FAILED))) for s in (TMP, NEW, CUR))
+
+    def _set_aside(self, exc: guard.NotRegularFile) -> None:
+        guard.set_aside_logged(exc, self.dir(FAILED))
 
     def contains(self, run_id: str) -> str | None:
         """The state folder holding ``run_id``, if any."""
@@ -111,24 +116,6 @@ class Spool:
             if self._path(state, run_id).exists():
                 return state
         return None
-
-    def probe(self) -> str | None:
-        """Try writing a byte where specs are written ahead: None, or why it failed (a
-        full disk passes `writable()` but fails here)."""
-        path = self.dir(TMP) / f".probe.{os.getpid()}"
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            try:
-                os.write(fd, b"x")
-            finally:
-                os.close(fd)
-                path.unlink(missing_ok=True)
-        except OSError as exc:
-            return f"cannot write: {exc.strerror}"
-        return None
-
-    def writable(self) -> bool:
-        return os.access(self.dir(TMP), os.W_OK) and os.access(self.dir(NEW), os.W_OK)
 
     # -- the poller's moves ----------------------------------------------------------
 
@@ -191,8 +178,11 @@ class Spool:
         for run_id in self.run_ids(NEW):
             src = self._path(NEW, run_id)
             try:
-                fd = os.open(src, os.O_RDONLY)
+                fd = guard.open_regular(src)
             except FileNotFoundError:
+                continue
+            except guard.NotRegularFile as exc:
+                self._set_aside(exc)
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -221,8 +211,11 @@ class Spool:
         for run_id in self.run_ids(CUR):
             path = self._path(CUR, run_id)
             try:
-                fd = os.open(path, os.O_RDONLY)
+                fd = guard.open_regular(path)
             except FileNotFoundError:
+                continue
+            except guard.NotRegularFile as exc:
+                self._set_aside(exc)
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -265,8 +258,11 @@ class Spool:
         """
         src = self._path(NEW, run_id)
         try:
-            fd = os.open(src, os.O_RDONLY)
+            fd = guard.open_regular(src)
         except FileNotFoundError:
+            return False
+        except guard.NotRegularFile as exc:
+            self._set_aside(exc)
             return False
         try:
             try:
@@ -326,10 +322,31 @@ class Spool:
             else:
                 os.rename(lease.path, dst)
             fsync_dir(dst.parent)
+            # The spec's take record ends with it (agent/spool/takes.py).
+            (self.dir(CUR) / f"{lease.run_id}.takes").unlink(missing_ok=True)
         except OSError as exc:
             raise SpoolError(f"cannot move flow run {lease.run_id} to {state}/: {exc}") from exc
         finally:
             lease.release()
+        tidy.forget_env_values(dst)
+
+    def prune(self, cutoff: float) -> int:
+        """Delete what finished runs left behind before ``cutoff`` (Unix time): entries of
+        done/ and failed/, and runs/<id>/ folders of runs with no spec in tmp/, new/ or
+        cur/ whose newest file is older. Returns how many entries went. Never follows a
+        symlink; an entry that vanishes meanwhile is skipped."""
+        pruned = 0
+        for state in (DONE, FAILED):
+            for entry in tidy.entries(self.dir(state)):
+                if tidy.newest_mtime(entry) < cutoff and tidy.remove(entry):
+                    pruned += 1
+        active = {rid for state in (TMP, NEW, CUR) for rid in self.run_ids(state)}
+        for entry in tidy.entries(self.dir(RUNS)):
+            if entry.name in active:
+                continue  # a live run's folder goes only after its spec is finished
+            if tidy.newest_mtime(entry) < cutoff and tidy.remove(entry):
+                pruned += 1
+        return pruned
 
     def run_dir(self, run_id: str) -> Path:
         """Per-run folder: the cancel request, and one folder per claim (execution)."""

@@ -90,6 +90,7 @@ class Registry:
         previous process exited unexpectedly and the crash-loop policy says to wait."""
         policy = policy or Policy()
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.release()  # registering again (the spool was deleted): drop the old lock
         fd = hold_lock(self.dir / f"{worker_id}.lock")
         if fd is None:
             raise SpoolError(f"worker id {worker_id!r} is already in use on this spool")
@@ -118,6 +119,16 @@ class Registry:
             return False
         last = read_json_object(path) or {}
         return last.get("stopping") is not True
+
+    def still_registered(self) -> bool:
+        """False when the lock file this process holds is no longer the one in workers/
+        (the spool was deleted and perhaps re-created): then it must register again."""
+        if self._id is None or self._lock_fd < 0:
+            return True
+        try:
+            return os.stat(self.dir / f"{self._id}.lock").st_ino == os.fstat(self._lock_fd).st_ino
+        except FileNotFoundError:
+            return False
 
     def set_state(
         self,

@@ -37,7 +37,8 @@ from agent.core.states import FlowRun, RunState, StateType
 from agent.observe import metrics
 from agent.settings import defaults
 from agent.settings.config import WorkerConfig
-from agent.spool.moves import Lease, Spool
+from agent.spool.moves import CUR, Lease, Spool
+from agent.spool.takes import Takes
 from agent.worker.adopt import LOST_MESSAGE, Found, classify
 from agent.worker.launcher import ExitStatus, Launcher, RunHandle, read_status, signal_run
 
@@ -118,6 +119,11 @@ class Execution:
             if before is not None:
                 return before if isinstance(before, Settled) else None
         prefix = f"[{spec.flow_run_name or run_id}] " if spec.show_flow_logs else None
+        try:
+            # From here a worker's death is no longer the spec's (agent/core/poison.py).
+            Takes(self.spool.dir(CUR)).starting(lease.run_id, lease.data)
+        except OSError as exc:
+            log.warning("flow run %s: cannot record that it starts: %s", run_id, exc)
         while True:
             try:
                 run_dir = self.spool.execution_dir(run_id, spec.transition_id)
@@ -354,7 +360,12 @@ class Execution:
         run_id = spec.flow_run_id
         run_dir = self.spool.execution_dir(run_id, spec.transition_id)
         orphan = classify(read_status(run_dir), lambda p: p.alive())
-        log.warning("flow run %s: adopted after its worker died; it %s", run_id, orphan.found.value)
+        how = (
+            "taken up again after its worker let go of it"
+            if lease.let_go
+            else "adopted after its worker died"
+        )
+        log.warning("flow run %s: %s; it %s", run_id, how, orphan.found.value)
         if orphan.found is Found.NEVER_STARTED:
             return self.run(lease, spec)  # which reads the run first: final ones are kept
         status = orphan.status or ExitStatus(None, LOST_MESSAGE)

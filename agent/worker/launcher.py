@@ -8,6 +8,7 @@ interpreter with prefect imported that forks per run) would implement the same
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -110,6 +111,14 @@ class ShimHandle:
         if isinstance(code, int):
             error = status.get("error")
             return ExitStatus(code, str(error) if error else None)
+        if shim_code == shim.RET_NOT_STARTED:
+            return ExitStatus(
+                None, "was not started: its start could not be recorded (spool full?)"
+            )
+        if shim_code == shim.RET_UNRECORDED:
+            return ExitStatus(
+                None, "ended, but its exit status could not be recorded (spool full?)"
+            )
         return ExitStatus(None, f"its supervising shim ended with {shim_code} before the flow did")
 
 
@@ -128,6 +137,11 @@ class ShimLauncher:
         echo_prefix: str | None,
     ) -> ShimHandle:
         (run_dir / shim.STATUS_FILE).unlink(missing_ok=True)
+        # The credential reaches the flow only: the shim gets it through a pipe, not in
+        # its own environment (readable in /proc/<pid>/environ as long as it lives).
+        secrets = {k: env[k] for k in SECRET_KEYS if k in env}
+        shim_env = {k: v for k, v in env.items() if k not in secrets}
+        fds = list(keep_fds)
         cmd = [
             self.python,
             "-I",
@@ -140,16 +154,48 @@ class ShimLauncher:
         ]
         if echo_prefix is not None:
             cmd += ["--echo", "--prefix", echo_prefix]
+        secrets_fd = _secrets_pipe(secrets) if secrets else None
+        if secrets_fd is not None:
+            cmd += ["--secrets-fd", str(secrets_fd)]
+            fds.append(secrets_fd)
         cmd += ["--", *argv]
-        proc = subprocess.Popen(
-            cmd,
-            env=dict(env),
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            # With --echo the flow's output goes to the worker's stdout (supervisor's log).
-            stdout=None if echo_prefix is not None else subprocess.DEVNULL,
-            stderr=None,
-            start_new_session=True,  # outlives the worker and supervisor's group signals
-            pass_fds=tuple(keep_fds),  # the spec's lease lives as long as the run
-        )
+        try:
+            proc = subprocess.Popen(
+                cmd,
+                env=shim_env,
+                cwd=cwd,
+                stdin=subprocess.DEVNULL,
+                # With --echo the flow's output goes to the worker's stdout (supervisor's log).
+                stdout=None if echo_prefix is not None else subprocess.DEVNULL,
+                stderr=None,
+                start_new_session=True,  # outlives the worker and supervisor's group signals
+                pass_fds=tuple(fds),  # the spec's lease lives as long as the run
+            )
+        finally:
+            if secrets_fd is not None:
+                os.close(secrets_fd)
         return ShimHandle(proc, run_dir)
+
+
+# The credential variables (agent/settings/config.py ApiSettings.secret_env).
+SECRET_KEYS = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+
+
+def _secrets_pipe(secrets: Mapping[str, str]) -> int:
+    """A pipe's read end holding ``secrets`` as JSON, its write end closed: the shim
+    reads to the end. A credential is far below a pipe's buffer (64 KiB), so the write
+    never blocks; a larger one is refused (ValueError fails the run, not the worker)."""
+    data = json.dumps(dict(secrets)).encode()
+    if len(data) > 60_000:
+        raise ValueError("the API credential is too long to hand to a flow run")
+    read_fd, write_fd = os.pipe()
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(write_fd, view) :]
+    except BaseException:
+        os.close(read_fd)
+        raise
+    finally:
+        os.close(write_fd)
+    return read_fd

@@ -20,15 +20,17 @@ from agent.api.client import PrefectClient
 from agent.api.outbox import Outbox
 from agent.api.reporter import Reporter
 from agent.api.runlogs import RunLogs
-from agent.core import lifecycle
+from agent.core import lifecycle, poison
 from agent.core.errors import RET_OK, SpecError, SpoolError
 from agent.core.spec import loads
 from agent.observe import metrics
 from agent.observe.logs import run_context
 from agent.settings import defaults
 from agent.settings.config import WorkerConfig
-from agent.spool.moves import Lease, Spool
+from agent.spool.moves import CUR, Lease, Spool
 from agent.spool.registry import BUSY, IDLE, Registry
+from agent.spool.takes import Takes
+from agent.worker import deaths
 from agent.worker.execution import Execution
 from agent.worker.launcher import Launcher
 
@@ -66,6 +68,7 @@ class Worker:
         self.execution = Execution(
             config, client, spool, self.reporter, launcher, self.environ, self._stop
         )
+        self.takes = Takes(spool.dir(CUR))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -125,12 +128,14 @@ class Worker:
                 # Orphans first: they were claimed earlier, and may be running already.
                 lease = self.spool.adopt() or self.spool.take()
                 if lease is None:
+                    self._upkeep()
                     self._stop.wait(self.config.idle_sleep)
                     continue
                 spool_failed = False
                 try:
                     self._set_state(BUSY, lease.run_id)
-                    self.handle(lease)
+                    if not self._quarantined(lease):
+                        self.handle(lease)
                 except (SpoolError, OSError) as exc:
                     # A full or failing disk: the spec stays in cur/, to be adopted (and
                     # settled without running again) once the disk recovers; the worker
@@ -141,6 +146,8 @@ class Worker:
                     )
                     spool_failed = True
                 finally:
+                    if lease.fd >= 0:  # not retired: the spec stays in cur/, let go alive
+                        self._let_go(lease)
                     lease.release()
                     self._set_state(IDLE)
                 if spool_failed:
@@ -187,6 +194,50 @@ class Worker:
         self.reporter.finished(settled.shown)  # after: a failed finish is retried
         log.info("flow run %s finished: %s", spec.flow_run_id, settled.note)
 
+    def _quarantined(self, lease: Lease) -> bool:
+        """Record this take durably before working on the spec; True when the spec killed
+        workers before (agent/core/poison.py) and was moved to failed/ instead."""
+        earlier, started = self.takes.record(lease.run_id, lease.data, self.config.worker_id)
+        lease.let_go = bool(earlier) and earlier[-1].let_go
+        if not poison.should_quarantine(earlier, started):
+            if self.config.kill_on_spec and lease.run_id == self.config.kill_on_spec:
+                _die_on_spec(lease.run_id)
+            return False
+        died = poison.deaths(earlier)
+        how = deaths.how_they_died(self.environ, died)
+        reason = poison.reason(died, how)
+        log.error("flow run %s: %s", lease.run_id, reason)
+        shown = None
+        run_id = _uuid_or_none(lease.run_id)
+        if run_id:
+            shown = self.reporter.propose(run_id, lifecycle.failed(reason)).shown
+        self.spool.refuse(lease, reason)
+        metrics.QUARANTINED.inc()
+        self.reporter.finished(shown)
+        return True
+
+    def _let_go(self, lease: Lease) -> None:
+        try:
+            self.takes.let_go(lease.run_id, lease.data)
+        except OSError as exc:  # a full disk: a later taker may count this take as a death
+            log.warning("flow run %s: cannot record letting go of it: %s", lease.run_id, exc)
+
+    def _upkeep(self) -> None:
+        """While idle: set aside what is not a spec, and re-create a deleted spool and this
+        worker's registry entry (nothing needs a restart)."""
+        try:
+            if self.spool.heal():
+                log.warning("spool %s was missing: re-created it", self.spool.root)
+            if not self.registry.still_registered():
+                self.registry.register(self.config.worker_id, self.config.crash_loop)
+                log.warning(
+                    "worker %s: its registry entry was gone; registered again",
+                    self.config.worker_id,
+                )
+            self.spool.screen()
+        except (SpoolError, OSError) as exc:
+            log.error("spool %s: %s", self.spool.root, exc)
+
     def _set_state(self, state: str, flow_run_id: str | None = None) -> None:
         try:
             self.registry.set_state(state, flow_run_id)
@@ -201,3 +252,10 @@ class Worker:
             shown = self.reporter.propose(fail_run, lifecycle.failed(reason)).shown
         self.spool.refuse(lease, reason)
         self.reporter.finished(shown)
+
+
+def _die_on_spec(run_id: str) -> None:
+    """The fault seam behind the hidden setting AGENT_TEST_KILL_ON_SPEC: die as the OOM
+    killer or a segfault would, with no chance to clean up, on taking this run's spec."""
+    log.warning("AGENT_TEST_KILL_ON_SPEC: killing this worker on taking %s", run_id)
+    os.kill(os.getpid(), signal.SIGKILL)

@@ -22,12 +22,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import BinaryIO
 
 from agent.worker.procid import identify
 
 STATUS_FILE = "status.json"
 LOG_FILE = "output.log"
+# How long the shim keeps trying to record a status on a full disk: the start (the
+# flow is not started without it), then the end (the worker waits for it meanwhile).
+START_PATIENCE = 10.0
+END_PATIENCE = 600.0
+RET_NOT_STARTED = 75  # EX_TEMPFAIL: the flow was not started; nothing ran
+RET_UNRECORDED = 74  # EX_IOERR: the flow ended, its exit status could not be recorded
 
 
 def _open_private(path: Path, flags: int) -> int:
@@ -39,39 +44,72 @@ def _open_private(path: Path, flags: int) -> int:
     return fd
 
 
-def _append(path: Path) -> BinaryIO:
-    return os.fdopen(_open_private(path, os.O_WRONLY | os.O_APPEND), "ab")
+def _append(path: Path) -> int:
+    return _open_private(path, os.O_WRONLY | os.O_APPEND)
 
 
 class BoundedLog:
     """Appends to ``output.log``; past ``max_bytes`` it rotates once to ``output.log.1``,
-    so at most twice the bound is kept and the latest output is always there."""
+    so at most twice the bound is kept and the latest output is always there.
+
+    It never fails the run: output that cannot be written (a full disk) is dropped and
+    counted, and writing resumes as soon as the disk takes it again."""
 
     def __init__(self, path: Path, max_bytes: int) -> None:
         self.path, self.max_bytes = path, max_bytes
-        self.file: BinaryIO = _append(path)  # lives as long as the run
-        self.size = self.file.tell()
+        self.fd = -1
+        self.size = 0
+        self.dropped_bytes = self.dropped_writes = 0
+        self._open()
+
+    def _open(self) -> None:
+        try:
+            self.fd = _append(self.path)  # lives as long as the run
+            self.size = os.fstat(self.fd).st_size
+        except OSError:
+            self.fd = -1
 
     def write(self, data: bytes) -> None:
-        if self.size + len(data) > self.max_bytes and self.size > 0:
-            self.file.close()
-            os.replace(self.path, self.path.with_name(self.path.name + ".1"))
-            self.file = _append(self.path)
-            self.size = 0
-        self.file.write(data)
-        self.file.flush()
-        self.size += len(data)
+        try:
+            if self.fd >= 0 and self.size + len(data) > self.max_bytes and self.size > 0:
+                os.close(self.fd)
+                self.fd = -1
+                os.replace(self.path, self.path.with_name(self.path.name + ".1"))
+            if self.fd < 0:
+                self._open()
+            if self.fd < 0:
+                raise OSError("output.log cannot be opened")
+            view = memoryview(data)
+            while view:
+                written = os.write(self.fd, view)
+                self.size += written
+                view = view[written:]
+        except OSError:
+            self.dropped_bytes += len(data)  # part of it may be in the file: an upper bound
+            self.dropped_writes += 1
 
     def close(self) -> None:
-        self.file.close()
+        if self.dropped_bytes:
+            counts = self.dropped_bytes, self.dropped_writes
+            note = f"local-agent: {self.dropped_bytes} bytes of output were dropped (disk full?)\n"
+            self.write(note.encode())
+            self.dropped_bytes, self.dropped_writes = counts  # the note is not the flow's
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def write_status(run_dir: Path, status: dict[str, object]) -> None:
     tmp = run_dir / f".{STATUS_FILE}.tmp"
-    with os.fdopen(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
-        json.dump(status, f)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "w") as f:
+            json.dump(status, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # its page goes back to a full disk
+        raise
     os.replace(tmp, run_dir / STATUS_FILE)
     fd = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -85,11 +123,55 @@ def _restore_signals() -> None:
         signal.signal(sig, signal.SIG_DFL)
 
 
-def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool) -> int:
+def record(run_dir: Path, status: dict[str, object], patience: float) -> bool:
+    """Write ``status``, trying again (a full disk frees up; a deleted run folder is made
+    again) for up to ``patience`` seconds; whether it was written."""
+    deadline = time.monotonic() + patience
+    pause = 0.05
+    while True:
+        try:
+            write_status(run_dir, status)
+            return True
+        except FileNotFoundError:
+            with contextlib.suppress(OSError):
+                os.makedirs(run_dir, mode=0o700, exist_ok=True)
+        except OSError:
+            pass
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(pause)
+        pause = min(1.0, pause * 2)
+
+
+def read_secrets(fd: int | None) -> dict[str, str]:
+    """The credential, sent by the worker through a pipe: never in the shim's own
+    environment or argv, so only the flow's environment carries it."""
+    if fd is None:
+        return {}
+    chunks = []
+    with os.fdopen(fd, "rb") as pipe:
+        while chunk := pipe.read(65536):
+            chunks.append(chunk)
+    body = json.loads(b"".join(chunks) or b"{}")
+    if not isinstance(body, dict):
+        return {}
+    return {str(k): str(v) for k, v in body.items()}
+
+
+def run(
+    run_dir: Path,
+    argv: list[str],
+    max_bytes: int,
+    prefix: str,
+    echo: bool,
+    secrets: dict[str, str] | None = None,
+) -> int:
     """status.json goes through three phases, each written atomically:
     "starting" (the shim's own identity, before the flow exists), "running" (+ the flow's
     pid and identity), "ended" (+ its return code). A worker that adopts the run reads it:
-    no file at all means the flow never started."""
+    no file at all means the flow never started, so the flow is not started unless
+    "starting" is on disk. After that a full disk never stops the flow: output is dropped
+    and counted, and the exit status is recorded as soon as the disk takes it."""
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     log = BoundedLog(run_dir / LOG_FILE, max_bytes)
@@ -100,13 +182,16 @@ def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool)
         "shim": shim.to_json() if shim else None,
         "started": started,
     }
-    write_status(run_dir, status)
+    if not record(run_dir, status, START_PATIENCE):
+        print("local-agent shim: cannot record the run's start; not starting it", file=sys.stderr)
+        return RET_NOT_STARTED
     try:
         proc = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
+            env={**os.environ, **(secrets or {})},
             preexec_fn=_restore_signals,  # the flow must get the signals the shim ignores
         )
     except OSError as exc:
@@ -115,11 +200,11 @@ def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool)
         log.write(f"local-agent: {message}\n".encode())
         log.close()
         status.update(phase="ended", returncode=127, error=message, ended=time.time())
-        write_status(run_dir, status)
-        return 0
+        return 0 if record(run_dir, status, END_PATIENCE) else RET_UNRECORDED
     flow = identify(proc.pid)
     status.update(phase="running", pid=proc.pid, flow=flow.to_json() if flow else None)
-    write_status(run_dir, status)
+    unrecorded = not record(run_dir, status, 0)  # tried again while the flow runs
+    retry_at = time.monotonic() + 1
     assert proc.stdout is not None
     out = sys.stdout.buffer
     for line in iter(proc.stdout.readline, b""):
@@ -130,11 +215,16 @@ def run(run_dir: Path, argv: list[str], max_bytes: int, prefix: str, echo: bool)
                 out.flush()
             except (BrokenPipeError, OSError):
                 echo = False  # the worker's stdout is gone (worker died): keep the log
+        if unrecorded and time.monotonic() >= retry_at:
+            unrecorded = not record(run_dir, status, 0)
+            retry_at = time.monotonic() + 1
     returncode = proc.wait()
-    log.close()
     status.update(phase="ended", returncode=returncode, ended=time.time())
-    write_status(run_dir, status)
-    return 0
+    if log.dropped_bytes:
+        status.update(dropped_bytes=log.dropped_bytes, dropped_writes=log.dropped_writes)
+    recorded = record(run_dir, status, END_PATIENCE)  # first: the worker waits for it
+    log.close()  # then the note on dropped output, in what room there is
+    return 0 if recorded else RET_UNRECORDED
 
 
 def main(args: list[str] | None = None) -> int:
@@ -143,12 +233,14 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--max-bytes", type=int, required=True)
     parser.add_argument("--prefix", default="")
     parser.add_argument("--echo", action="store_true")
+    parser.add_argument("--secrets-fd", type=int, default=None)
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     ns = parser.parse_args(args)
     argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
     if not argv:
         parser.error("no command given after --")
-    return run(ns.run_dir, argv, ns.max_bytes, ns.prefix, ns.echo)
+    secrets = read_secrets(ns.secrets_fd)  # first: the worker's write end is closed
+    return run(ns.run_dir, argv, ns.max_bytes, ns.prefix, ns.echo, secrets)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from typing import Any, TypeVar
 from agent.api.client import PrefectClient
 from agent.core.errors import TransientApiError
 from examples import demo
-from ops.benchmark import log
+from ops.benchmark.console import log
 
 STATE_CHUNK = 100  # runs per /flow_runs/filter call (the API's default limit is 200)
 API_PATIENCE_SECONDS = 300.0  # how long the soak's own API calls retry a busy server

@@ -35,7 +35,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ops.benchmark import Proc, children, log, process_table
+from ops.benchmark.console import log
+from ops.benchmark.sampling import Proc, children, process_table
 from tests.integration.harness import TAG, Supervisor, tagged_pids
 
 POLLER, WORKER_GROUP = "agent", "agent-worker"
@@ -81,11 +82,11 @@ def read_environ(pid: int) -> dict[str, str]:
 
 
 def shim_run(pid: int) -> str | None:
-    """The flow run id of a shim, from its ``--run-dir .../runs/<id>``."""
+    """The flow run id of a shim, from its ``--run-dir .../runs/<id>/<claim>``."""
     argv = read_argv(pid)
     if "agent.worker.shim" not in argv or "--run-dir" not in argv[:-1]:
         return None
-    return Path(argv[argv.index("--run-dir") + 1]).name
+    return Path(argv[argv.index("--run-dir") + 1]).parent.name
 
 
 @dataclass

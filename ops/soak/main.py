@@ -53,7 +53,7 @@ from pathlib import Path
 from agent.api.client import PrefectClient
 from agent.settings.config import ApiSettings
 from examples import demo
-from ops.benchmark import log, terminate_as_interrupt
+from ops.benchmark.console import log, terminate_as_interrupt
 from ops.soak.chaos import KINDS
 from ops.soak.orchestration import Soak
 from tests.integration.harness import Procs, Supervisor, free_port, prefect_server, tagged_pids

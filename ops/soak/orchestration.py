@@ -15,7 +15,7 @@ from typing import Any
 
 from agent.api.client import PrefectClient
 from examples import demo
-from ops.benchmark import log
+from ops.benchmark.console import log
 from ops.soak.accounting import (
     account,
     breakdown,

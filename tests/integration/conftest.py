@@ -6,16 +6,6 @@ registered a second time, and a second session server started for this directory
 
 from __future__ import annotations
 
-from typing import Any
-
-import tests.conftest as shared
 from tests.conftest import AUTH, FLOWS_DIR, OWN_AUTH, Agent, Factory, executions
 
 __all__ = ["AUTH", "FLOWS_DIR", "OWN_AUTH", "Agent", "Factory", "executions"]
-
-
-def __getattr__(name: str) -> Any:
-    """`integration.server_url` and the like, for modules that still read a fixture from
-    here (tests/ops/test_soak.py). Looked up on demand, so that pytest, which collects
-    fixtures from this module's namespace, does not register them a second time."""
-    return getattr(shared, name)

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.cli.status import collect, render_table
+from agent.cli.status import collect
+from agent.cli.status_table import render_table
 from agent.core.errors import RET_CONFIG
 from agent.spool.locks import write_poller_state
 from agent.spool.moves import Spool

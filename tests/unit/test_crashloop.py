@@ -20,7 +20,8 @@ from prometheus_client import REGISTRY
 
 from agent.api.client import PrefectClient
 from agent.cli.main import _crash_loop_threshold
-from agent.cli.status import EXIT_DEGRADED, collect, exit_code, problems, render_table
+from agent.cli.status import EXIT_DEGRADED, collect, exit_code, problems
+from agent.cli.status_table import render_table
 from agent.core.crashloop import Policy, Verdict, assess, delay_for, describe, recent, window_text
 from agent.core.errors import ConfigError
 from agent.poller.loop import Poller

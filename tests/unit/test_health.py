@@ -127,6 +127,7 @@ def test_all_ok_after_a_good_tick(world: World) -> None:
         "ok": True,
         "reason": None,
         "unavailable_since": None,
+        "not_prefect_since": None,
         "outbox_reports": 0,
     }
     assert checks["spool"] == {

@@ -229,6 +229,7 @@ def test_a_successful_tick_ends_the_outage(world: World) -> None:
         "ok": True,
         "reason": None,
         "unavailable_since": None,
+        "not_prefect_since": None,
         "outbox_reports": 0,
     }
 

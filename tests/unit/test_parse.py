@@ -322,9 +322,9 @@ def test_work_pool_not_an_object_is_a_shape_error(body: object, said: str) -> No
     assert said in shape_error("create_work_pool", parse.work_pool, body)
 
 
-def test_variable_is_the_object_as_is() -> None:
+def test_variable_is_its_value_as_is() -> None:
     body = {"id": "v", "name": "agent-config", "value": {"labels": ["gpu"]}}
-    assert parse.variable("read_variable", body) == body
+    assert parse.variable("read_variable", body) == body.get("value")
 
 
 @pytest.mark.parametrize(("body", "said"), NOT_AN_OBJECT)

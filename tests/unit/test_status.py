@@ -18,7 +18,8 @@ from typing import Any
 
 import pytest
 
-from agent.cli.status import EXIT_DEGRADED, EXIT_OK, OUTCOMES, age, collect, exit_code, render_table
+from agent.cli.status import EXIT_DEGRADED, EXIT_OK, OUTCOMES, age, collect, exit_code
+from agent.cli.status_table import render_table
 from agent.core.errors import SpoolError
 from agent.core.spec import JobSpec, dumps
 from agent.spool.locks import write_poller_state
@@ -380,6 +381,7 @@ def test_poller_alive_while_a_child_holds_its_lock_then_dead(
         "last_successful_poll": NOW - 12,
         "last_successful_poll_age_seconds": 12.0,
         "last_error": None,
+        "waiting": None,
     }
     kill(child)
     poller = collect(spool.root, now=NOW)["poller"]

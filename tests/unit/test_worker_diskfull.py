@@ -77,3 +77,6 @@ def test_a_failed_finish_keeps_the_worker_up_and_the_run_settles_once(
     assert len(launcher.handles) == 1  # adopted after the failure, never started again
     assert client.proposed == []  # the engine's Completed stands; nothing reported twice
     assert f"flow run {run_id}: spool error, trying again in 0s" in caplog.text
+    # No worker died: the log does not say so.
+    assert f"flow run {run_id}: taken up again after its worker let go of it" in caplog.text
+    assert "adopted after its worker died" not in caplog.text
