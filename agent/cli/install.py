@@ -34,6 +34,7 @@ _TOML_KEYS = {
     "PREFECT_API_AUTH_STRING": "auth-string",
     "PREFECT_API_URL": "api",  # when it holds a password
 }
+ENV_VARS = "PREFECT__CLOUD__AGENT__ENV_VARS"  # --env values: may be secrets, never written
 # Line breaks for file reading or str.splitlines(), and NUL (no argv or env may hold it).
 _BREAKS = re.compile("[\n\r\x00\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 _INLINE_COMMENT = re.compile(r"\s[;#]")  # configparser would cut the value there
@@ -210,7 +211,11 @@ def _header(plan: InstallPlan) -> list[str]:
 
 
 def _where_config(plan: InstallPlan) -> str:
-    keys = ", ".join(f'{_TOML_KEYS[n]} = "..."' for n in plan.omitted if n in _TOML_KEYS)
+    keys = ", ".join(
+        'env = { NAME = "..." }' if n == ENV_VARS else f'{_TOML_KEYS[n]} = "..."'
+        for n in plan.omitted
+        if n in _TOML_KEYS or n == ENV_VARS
+    )
     keys = f" as {keys}" if keys else ""
     if plan.config_file:
         return f"the config file {plan.config_file}{keys} (chmod 600, owned by the agent's user)"

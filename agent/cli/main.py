@@ -310,7 +310,7 @@ def install(ctx: click.Context, /, **p: Any) -> None:
     workers' options, and where to put things. Secrets are never written: the API key
     or auth string belong in the --config file or supervisord's environment.
     """
-    from agent.cli.install import InstallPlan, env_json, render, render_notice
+    from agent.cli.install import InstallPlan, render, render_notice
 
     parse_pool_name(p["pool"], _pool_source(ctx))  # what `start` would refuse
     omitted = []
@@ -327,9 +327,10 @@ def install(ctx: click.Context, /, **p: Any) -> None:
         ctx, p["no_cloud_logs"], dict(os.environ)
     ):
         poller_args.append("--no-cloud-logs")  # from Prefect 1's switch in the environment
-    poller_env = {}
+    poller_env: dict[str, str] = {}
     if source(ctx, "env_pairs") in ("flag", "env"):
-        poller_env["PREFECT__CLOUD__AGENT__ENV_VARS"] = env_json(dict(p["env_pairs"]))
+        # --env values may be secrets (the seed's own example is one): never printed.
+        omitted.append("PREFECT__CLOUD__AGENT__ENV_VARS")
     config_file = Path(p["config_file"]).resolve() if p["config_file"] else None
     tail = ["--config", str(config_file)] if config_file else []
     run_dir = p["run_dir"].resolve()

@@ -20,19 +20,23 @@ def test_install_output_runs_under_supervisord_and_status_reports(
     agent: Agent, marker: Path
 ) -> None:
     toml = agent.tmp / "agent.toml"
-    toml.write_text(f'auth-string = "{AUTH}"\n')
+    # --env values may be secrets: they reach the agent through the config file.
+    toml.write_text(f'auth-string = "{AUTH}"\nenv = {{ GREETING = "it\'s 100% fine, really" }}\n')
     toml.chmod(0o600)
     result = agent.procs.run(
         [
             "agent", "local", "install", "--config", str(toml), "--run-dir", str(agent.run_dir),
             "--workers", "2", "--pool", agent.pool, "--spool", str(agent.spool),
-            "-n", "installed", "-e", "GREETING=it's 100% fine, really",
+            "-n", "installed", "-e", "ALSO=never-printed-value",
         ]
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     # The auth string was in install's environment: named as not written, never written.
     assert "not written to the configuration: PREFECT_API_AUTH_STRING" in result.stderr
     assert AUTH not in result.stdout
+    # So was an --env value given to install: named as not written, never printed.
+    assert "PREFECT__CLOUD__AGENT__ENV_VARS" in result.stderr
+    assert "never-printed-value" not in result.stdout + result.stderr
     conf = agent.tmp / "supervisord.conf"
     conf.write_text(result.stdout)
 
@@ -46,7 +50,7 @@ def test_install_output_runs_under_supervisord_and_status_reports(
     states = agent.wait(run_ids, timeout=120)
     assert [states[r]["type"] for r in run_ids] == ["COMPLETED", "COMPLETED"]
     assert sorted(executions(marker)) == sorted(run_ids)
-    # --env given to install reaches flows through the generated environment= line.
+    # --env from the config file the generated configuration names reaches flows.
     shown = agent.deploy("show_env", name="env")
     out = agent.tmp / "env.json"
     run_id = agent.run(shown, {"out": str(out), "keys": ["GREETING"]})
