@@ -168,6 +168,17 @@ class Spool(Folders):
 
     # -- the worker's moves ----------------------------------------------------------
 
+    def _open_spec(self, path: Path) -> int | None:
+        """An fd on the spec at ``path``; None when it is gone, or was not a regular
+        file and has been set aside to failed/."""
+        try:
+            return guard.open_regular(path)
+        except FileNotFoundError:
+            return None
+        except guard.NotRegularFile as exc:
+            self._set_aside(exc)
+            return None
+
     def take(self) -> Lease | None:
         """Take the oldest waiting spec: flock it, then rename new -> cur.
 
@@ -177,12 +188,8 @@ class Spool(Folders):
         """
         for run_id in self.run_ids(NEW):
             src = self._path(NEW, run_id)
-            try:
-                fd = guard.open_regular(src)
-            except FileNotFoundError:
-                continue
-            except guard.NotRegularFile as exc:
-                self._set_aside(exc)
+            fd = self._open_spec(src)
+            if fd is None:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -210,12 +217,8 @@ class Spool(Folders):
         recognised by its inode and skipped."""
         for run_id in self.run_ids(CUR):
             path = self._path(CUR, run_id)
-            try:
-                fd = guard.open_regular(path)
-            except FileNotFoundError:
-                continue
-            except guard.NotRegularFile as exc:
-                self._set_aside(exc)
+            fd = self._open_spec(path)
+            if fd is None:
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -257,12 +260,8 @@ class Spool(Folders):
         True if the spec was moved here; False if it was not waiting (any more).
         """
         src = self._path(NEW, run_id)
-        try:
-            fd = guard.open_regular(src)
-        except FileNotFoundError:
-            return False
-        except guard.NotRegularFile as exc:
-            self._set_aside(exc)
+        fd = self._open_spec(src)
+        if fd is None:
             return False
         try:
             try:
