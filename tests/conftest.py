@@ -44,7 +44,11 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def client(server_url: str) -> PrefectClient:
-    return PrefectClient(ApiSettings(url=server_url, auth_string=AUTH))
+    # The tests' own calls (create, wait) ride out a stall of the shared SQLite server
+    # (one read once took over 30 s in CI); the agent under test keeps its defaults.
+    return PrefectClient(
+        ApiSettings(url=server_url, auth_string=AUTH, read_timeout=60.0, retry_deadline=120.0)
+    )
 
 
 @dataclass
