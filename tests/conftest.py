@@ -21,6 +21,7 @@ import pytest
 from agent.api.client import PrefectClient
 from agent.settings.config import ApiSettings
 from examples import demo
+from tests.integration import cgroupfs
 from tests.integration.harness import (
     BIN,
     REPO,
@@ -142,6 +143,9 @@ def agent(server_url: str, client: PrefectClient, tmp_path: Path) -> Iterator[Ag
         "AGENT_ADDRESS": f"http://127.0.0.1:{free_port()}",
         "AGENT_LOG_LEVEL": "DEBUG",
     }
+    cgroup_root = cgroupfs.writable_root()  # each test's runs in cgroups of its own
+    if cgroup_root is not None:
+        env["AGENT_CGROUP_ROOT"] = str(cgroup_root)
     procs = Procs(env, tmp_path)
     demo.ensure_pool(client, pool)
     world = Agent(pool, tmp_path / "spool", run_dir, env, procs, client, tmp_path)
@@ -150,6 +154,8 @@ def agent(server_url: str, client: PrefectClient, tmp_path: Path) -> Iterator[Ag
     finally:
         Supervisor(procs, run_dir, env).shutdown()
         procs.close()
+        if cgroup_root is not None:
+            cgroupfs.remove_tree(cgroup_root)
 
 
 OWN_AUTH = "admin:own-server-auth"

@@ -22,6 +22,7 @@ from agent.api.client import PrefectClient
 from agent.api.outbox import LOGS, PID, STATE, Outbox, Report, worth_keeping
 from agent.api.runlogs import NoRunLogs, RunLogs
 from agent.core import lifecycle
+from agent.core.causes import Cause
 from agent.core.claim import ClaimResult, interpret
 from agent.core.errors import (
     ApiError,
@@ -129,11 +130,12 @@ class Reporter:
             )
         return Reported(shown, accepted=answer.status is Answer.ACCEPT)
 
-    def finished(self, shown: StateType | None) -> None:
-        """Count a run this host is done with, by the final state Prefect shows."""
+    def finished(self, shown: StateType | None, cause: Cause = Cause.UNKNOWN) -> None:
+        """Count a run this host is done with, by the final state Prefect shows and what
+        ended its process."""
         outcome = lifecycle.outcome_of(shown)
         if outcome is not None:
-            metrics.FINISHED.labels(outcome.value).inc()
+            metrics.FINISHED.labels(outcome.value, cause.value).inc()
 
     def _keep_state(self, run_id: str, proposal: Proposal, settles: bool) -> Reported:
         report = Report(

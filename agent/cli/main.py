@@ -15,6 +15,11 @@ from typing import Any, TypeVar
 import click
 
 from agent import __version__
+from agent.cli.containment_options import (
+    CONTAINMENT_PARAMS,
+    containment_config,
+    containment_options,
+)
 from agent.cli.options import (
     auth_string,
     cloud_logs,
@@ -169,6 +174,7 @@ def start(ctx: click.Context, /, print_config: bool, **params: Any) -> None:
     "--pool", envvar="AGENT_POOL", show_envvar=True, help="Refuse specs of any other work pool."
 )
 @worker_options
+@containment_options
 @click.option(
     "--worker-id",
     envvar="AGENT_WORKER_ID",
@@ -201,6 +207,7 @@ def worker(ctx: click.Context, /, **p: Any) -> None:
             threshold=_crash_loop_threshold(os.environ.get("AGENT_CRASH_LOOP_THRESHOLD"))
         ),
         kill_on_spec=os.environ.get("AGENT_TEST_KILL_ON_SPEC") or None,
+        containment=containment_config(p),
     )
     sys.exit(run_worker(config))
 
@@ -231,6 +238,7 @@ POLLER_PARAMS = (
 WORKER_PARAMS = (
     *SHARED_PARAMS,
     *("pool", "flow_python", "flow_log_max_bytes", "cancel_grace_seconds"),
+    *CONTAINMENT_PARAMS,
 )
 
 
@@ -269,6 +277,7 @@ def agent_executable() -> str:
 @common_options
 @poller_options
 @worker_options
+@containment_options
 @click.option(
     "--workers",
     type=click.IntRange(min=1),

@@ -21,6 +21,7 @@ from agent.core.errors import SpecError, SpoolError
 from agent.core.redact import redact_text
 from agent.core.spec import loads
 from agent.settings import defaults
+from agent.spool import containment_state
 from agent.spool.files import read_json_object
 from agent.spool.guard import NotRegularFile, open_regular
 from agent.spool.locks import (
@@ -304,6 +305,7 @@ def collect(spool_root: Path, now: float | None = None) -> dict[str, Any]:
             "finished_last_hour": _finished(spool, now),
         },
         "workers": workers,
+        "containment": containment_state.read(root),
     }
 
 

@@ -77,6 +77,16 @@ def _header(snap: dict[str, Any]) -> list[str]:
         )
     if poller["updated"] is not None:
         pairs.append(("updated", f"{_ago(now, poller['updated'])} ago"))
+    held = snap.get("containment")
+    pairs.append(
+        (
+            "contained",
+            f"{_cell(held['version'])}: {_cell(held['reason'], 300)} (--containment "
+            f"{_cell(held['mode'])})"
+            if held
+            else "unknown: no worker has started yet",
+        )
+    )
     pairs.append(("health", f"DEGRADED: {'; '.join(found)}" if found else "ok"))
     return [f"{k:<11}{v}" for k, v in pairs]
 

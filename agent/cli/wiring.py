@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from agent.api.client import PrefectClient
@@ -16,10 +17,14 @@ from agent.observe.httpd import AgentHTTPServer
 from agent.poller.loop import Poller
 from agent.poller.supervision import start_group
 from agent.settings import backend_config
-from agent.settings.config import ApiSettings, PollerConfig, WorkerConfig
+from agent.settings.config import ApiSettings, ContainmentConfig, PollerConfig, WorkerConfig
+from agent.spool import containment_state
 from agent.spool.locks import POLLER_LOCK, POLLER_STATE, POLLER_WAITING, lock_poller
 from agent.spool.moves import Spool
 from agent.spool.registry import Registry
+from agent.worker import cgroups
+from agent.worker.cgroups import NONE_DISABLED
+from agent.worker.contain import Contain
 from agent.worker.launcher import ShimLauncher
 from agent.worker.loop import Worker
 
@@ -105,6 +110,19 @@ def run_poller(config: PollerConfig) -> int:
         os.close(lock_fd)
 
 
+def containment(config: ContainmentConfig, spool_root: Path) -> Contain:
+    """The host's containment, made ready, said once, and recorded for `agent status`."""
+    found = (
+        NONE_DISABLED
+        if config.mode == "off"
+        else cgroups.prepare(cgroups.detect(config.cgroup_root))
+    )
+    level = logging.INFO if found.version != "none" or config.mode == "off" else logging.WARNING
+    log.log(level, "containment: %s (--containment %s)", found.describe(), config.mode)
+    containment_state.record(spool_root, found.version, found.reason, config.mode)
+    return Contain(config, found)
+
+
 def run_worker(config: WorkerConfig) -> int:
     spool = Spool(config.spool_dir)
     workers = spool.root / "workers"
@@ -121,6 +139,7 @@ def run_worker(config: WorkerConfig) -> int:
         Registry(spool.root),
         ShimLauncher(config.flow_log_max_bytes),
         runlogs=runlogs,
+        contain=containment(config.containment, spool.root),
     )
     worker.install_signal_handlers()
 

@@ -10,8 +10,14 @@ from typing import Any
 
 from agent.core.environment import check_env, check_text
 from agent.core.errors import JobVariableError
+from agent.core.limits import Limits, parse_limits
 
-_OPTIONAL_STRING = {"anyOf": [{"type": "string"}, {"type": "null"}], "default": None}
+
+def _optional(kind: str) -> dict[str, Any]:
+    return {"anyOf": [{"type": kind}, {"type": "null"}], "default": None}
+
+
+_OPTIONAL_STRING = _optional("string")
 
 # Every {{ placeholder }} of job_configuration is a property of variables, as the
 # server requires for a custom pool type.
@@ -21,6 +27,10 @@ BASE_JOB_TEMPLATE: dict[str, Any] = {
         "env": "{{ env }}",
         "working_dir": "{{ working_dir }}",
         "labels": "{{ labels }}",
+        "memory_limit": "{{ memory_limit }}",
+        "cpu_limit": "{{ cpu_limit }}",
+        "pids_limit": "{{ pids_limit }}",
+        "timeout_seconds": "{{ timeout_seconds }}",
     },
     "variables": {
         "type": "object",
@@ -48,6 +58,28 @@ BASE_JOB_TEMPLATE: dict[str, Any] = {
                 "default": [],
                 "title": "Labels",
                 "description": "Only agents having every one of these labels run the flow.",
+            },
+            "memory_limit": {
+                **_OPTIONAL_STRING,
+                "title": "Memory limit",
+                "description": "Memory of the whole run, e.g. 512MiB or 2GiB, enforced by its "
+                "cgroup: the OOM killer ends the run at it.",
+            },
+            "cpu_limit": {
+                **_optional("number"),
+                "title": "CPU limit",
+                "description": "Cores the run may use, e.g. 1.5; enforced by its cgroup.",
+            },
+            "pids_limit": {
+                **_optional("integer"),
+                "title": "Process limit",
+                "description": "Processes and threads the run may have at once, e.g. 256.",
+            },
+            "timeout_seconds": {
+                **_optional("number"),
+                "title": "Timeout (seconds)",
+                "description": "Wall time from the flow process start; then SIGTERM to the "
+                "whole run, SIGKILL after the grace period; the run ends Failed.",
             },
         },
     },
@@ -95,6 +127,7 @@ class JobVariables:
     env: Mapping[str, str] = field(default_factory=dict)
     working_dir: str | None = None
     labels: frozenset[str] = frozenset()
+    limits: Limits = field(default_factory=Limits)
 
 
 def parse_labels(value: Any) -> frozenset[str]:
@@ -143,6 +176,7 @@ def validate_job_variables(raw: Mapping[str, Any]) -> JobVariables:
         env=dict(env),
         working_dir=working_dir or None,
         labels=parse_labels(raw.get("labels")),
+        limits=parse_limits(raw),
     )
 
 

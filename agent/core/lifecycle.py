@@ -79,8 +79,9 @@ def crashed(message: str) -> Proposal:
     return Proposal(StateType.CRASHED, "Crashed", message)
 
 
-def failed(message: str) -> Proposal:
-    return Proposal(StateType.FAILED, "Failed", message)
+def failed(message: str, force: bool = False) -> Proposal:
+    """Forced only for a timeout: it replaces the engine's Crashed on SIGTERM."""
+    return Proposal(StateType.FAILED, "Failed", message, force=force)
 
 
 def cancelled(message: str, force: bool = True) -> Proposal:
@@ -95,7 +96,9 @@ def supersedes(proposal: Proposal, current: StateType | None) -> bool:
     if current is None or current is proposal.type:
         return False
     if current in FINAL:
-        return proposal.type is StateType.CANCELLED and proposal.force and current not in FLOW_ENDS
+        # Only what the agent itself stopped (a cancellation, a timeout) replaces the
+        # engine's Crashed on SIGTERM; an end the flow reached stands.
+        return proposal.force and current not in FLOW_ENDS
     # PAUSED (suspended) is resumed by Prefect, never ended by the agent.
     return current is not StateType.PAUSED
 
@@ -193,7 +196,9 @@ AFTER_EXIT: tuple[tuple[str, str, str], ...] = (
     # (server holds, cancellation, the agent does)
     ("unknown (API away)", "signalled", "propose Cancelled (kept in the outbox)"),
     ("unknown (API away)", "none/asked", "wait for the API, then decide"),
+    ("unknown (API away)", "timed out", "propose Failed (kept in the outbox)"),
     ("COMPLETED, FAILED, CANCELLED", "any", "keep: the flow's own end wins"),
+    ("PENDING ours, RUNNING, CRASHED", "timed out", "propose Failed: exceeded timeout_seconds"),
     ("CRASHED", "signalled/asked", "propose Cancelled (forced over the engine's Crashed)"),
     ("CRASHED", "none", "keep"),
     ("CANCELLING", "any", "propose Cancelled"),
@@ -201,6 +206,7 @@ AFTER_EXIT: tuple[tuple[str, str, str], ...] = (
     ("SCHEDULED (retry, resume, reschedule)", "any", "keep: it is claimed again later"),
     ("PENDING, ours", "signalled/asked", "propose Cancelled"),
     ("PENDING, ours", "none", "start again (never ran), after the bound: Crashed"),
+    ("PENDING, ours", "none, OOM-killed", "propose Crashed: a start past the limit recurs"),
     ("PENDING, another claim", "any", "keep: that claim owns it"),
     ("RUNNING", "signalled/asked", "propose Cancelled"),
     ("RUNNING", "none", "propose Crashed with the exit status"),
@@ -217,19 +223,29 @@ def after_exit(
     who: str,
     api_away: bool = False,
     stopped_how: str = "SIGTERM",
+    timed_out: float | None = None,
+    oom: bool = False,
 ) -> AfterExit:
     """``exit_text`` describes how the process ended ("exited with status code 1"),
     ``current`` the run's state read after the exit, ``restarts`` how often this claim's
-    process was started again already, ``who`` names the agent process."""
+    process was started again already, ``who`` names the agent process, ``timed_out``
+    the timeout_seconds after which the worker stopped it (None: it did not), ``oom``
+    whether the OOM killer ended it."""
+    late = timed_out is not None and cancel is Cancel.NONE  # a cancellation wins
     if api_away:
         if cancel is Cancel.SIGNALLED:
             message = f"Cancelled: the flow run's process was stopped by {who} ({stopped_how})"
             return AfterExit(After.PROPOSE, "stopped for a cancellation", cancelled(message))
+        if late and timed_out is not None:
+            return AfterExit(After.PROPOSE, "timed out", _timeout(timed_out, who, stopped_how))
         return AfterExit(After.WAIT, "its state cannot be read while the API is away")
     kind = current.type if current else None
     stopping = cancel is not Cancel.NONE
     if kind in FLOW_ENDS:
         return AfterExit(After.KEEP, f"it is {kind}: its own end", outcome=outcome_of(kind))
+    ours = kind is not StateType.PENDING or is_our_pending(current, claim)
+    if late and timed_out is not None and ours and kind in _TIMEABLE:
+        return AfterExit(After.PROPOSE, "timed out", _timeout(timed_out, who, stopped_how))
     if kind is StateType.CRASHED and not stopping:
         return AfterExit(After.KEEP, "it is CRASHED already", outcome=Outcome.CRASHED)
     if kind is StateType.PENDING and not is_our_pending(current, claim):
@@ -246,6 +262,10 @@ def after_exit(
         name = current.name if current else ""
         return AfterExit(After.KEEP, f"it is Scheduled again ({name}): claimed again later")
     if kind is StateType.PENDING:
+        if oom:
+            # Killed at its memory limit before Running: starting it again only repeats that.
+            message = f"Flow run infrastructure {exit_text} before the flow run reached Running."
+            return AfterExit(After.PROPOSE, "OOM-killed before Running", crashed(message))
         if restarts < MAX_PENDING_RESTARTS:
             return AfterExit(
                 After.RESTART, f"its process {exit_text} while it was still Pending: never ran"
@@ -261,6 +281,16 @@ def after_exit(
     return AfterExit(After.KEEP, f"it is in a state this agent does not know ({kind})")
 
 
+def _timeout(seconds: float, who: str, stopped_how: str) -> Proposal:
+    shown = int(seconds) if float(seconds).is_integer() else seconds
+    message = (
+        f"Flow run exceeded timeout_seconds={shown}: its processes were stopped by {who} "
+        f"({stopped_how})"
+    )
+    return failed(message, force=True)
+
+
 _LIVE_OR_CRASHED = frozenset(
     {StateType.PENDING, StateType.RUNNING, StateType.CRASHED, StateType.CANCELLING}
 )
+_TIMEABLE = _LIVE_OR_CRASHED - {StateType.CANCELLING}

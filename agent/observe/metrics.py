@@ -25,6 +25,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from agent.core.causes import Cause
 from agent.core.claim import CONFLICT_REASONS
 from agent.core.states import Outcome
 
@@ -95,8 +96,20 @@ CLAIM_CONFLICTS = Counter(
 STARTED = Counter("agent_flow_runs_started_total", "Flow run processes started")
 FINISHED = Counter(
     "agent_flow_runs_finished_total",
-    "Flow runs finished on this host, by outcome",
-    ["outcome"],  # completed | failed | crashed | cancelled
+    "Flow runs finished on this host, by outcome and by what ended the process",
+    # outcome: completed | failed | crashed | cancelled; cause: agent.core.causes.Cause
+    ["outcome", "cause"],
+)
+_MIB = 1024 * 1024
+PEAK_MEMORY = Histogram(
+    "agent_flow_run_peak_memory_bytes",
+    "Peak memory of each flow run's cgroup (the flow and every process it started)",
+    buckets=tuple(_MIB * 2**i for i in range(4, 15)),  # 16 MiB .. 16 GiB
+)
+CPU_SECONDS = Histogram(
+    "agent_flow_run_cpu_seconds",
+    "CPU seconds used by each flow run's cgroup",
+    buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 4 * 3600),
 )
 RUN_DURATION = Histogram(
     "agent_flow_run_duration_seconds",
@@ -171,7 +184,6 @@ OUTBOX_KINDS = ("state", "pid", "logs")  # agent.api.outbox's report kinds
 RUN_LOG_DROP_REASONS = ("queue_full", "rejected", "invalid", "shutdown")
 _KNOWN_LABELS: tuple[tuple[Counter, tuple[str, ...]], ...] = (
     (CLAIM_CONFLICTS, CONFLICT_REASONS),
-    (FINISHED, tuple(o.value for o in Outcome)),
     (RUN_LOGS_DROPPED, RUN_LOG_DROP_REASONS),
     (OUTBOX_KEPT, OUTBOX_KINDS),
     (OUTBOX_DELIVERED, OUTBOX_KINDS),
@@ -179,6 +191,9 @@ _KNOWN_LABELS: tuple[tuple[Counter, tuple[str, ...]], ...] = (
 for _counter, _values in _KNOWN_LABELS:
     for _value in _values:
         _counter.labels(_value)
+for _outcome in Outcome:
+    for _cause in Cause:
+        FINISHED.labels(_outcome.value, _cause.value)
 
 
 class ScrapeTimeCollector(Collector):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 
 from agent.core import lifecycle
+from agent.core.causes import Cause
 from agent.core.errors import SpecError
 from agent.core.spec import loads
 from agent.core.states import FlowRun, StateType
@@ -64,7 +65,7 @@ class Cancellations:
             reported = self.s.reporter.propose(
                 run_id, lifecycle.cancelled(reason), cloud_logs=spec.cloud_logs
             )
-            self.s.reporter.finished(reported.shown)
+            self.s.reporter.finished(reported.shown, Cause.NOT_STARTED)
             return
         try:
             spec = loads(spool.read(CUR, run_id))

@@ -7,6 +7,7 @@ import time
 from typing import Any
 
 from agent.poller.shared import Shared
+from agent.spool import containment_state
 from agent.spool.registry import IDLE
 
 
@@ -77,6 +78,12 @@ def health(s: Shared, started_at: float) -> tuple[bool, dict[str, Any]]:
             "reason": spool_reason,
             "path": str(s.spool.root),
             "depth": s.spool.depth(),
+        },
+        # Not a failure: how runs are contained here (v2, v1 or none, and why).
+        "containment": {
+            "ok": True,
+            "reason": None,
+            **(containment_state.read(s.spool.root) or {"version": "unknown"}),
         },
     }
     return all(c["ok"] for c in checks.values()), checks

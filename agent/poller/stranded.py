@@ -19,6 +19,7 @@ import time
 import uuid
 
 from agent.core import lifecycle
+from agent.core.causes import Cause
 from agent.core.errors import NotFoundError
 from agent.core.spec import dumps
 from agent.core.states import Deployment, FlowRun, StateType
@@ -132,4 +133,4 @@ class Stranded:
         reported = self.s.reporter.propose(
             run_id, lifecycle.crashed(message), cloud_logs=config.cloud_logs
         )
-        self.s.reporter.finished(reported.shown)
+        self.s.reporter.finished(reported.shown, Cause.LOST)

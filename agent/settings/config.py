@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 from agent.core.crashloop import Policy
 from agent.core.environment import check_env
 from agent.core.errors import ConfigError, JobVariableError
+from agent.core.limits import LimitPolicy
 from agent.core.redact import redact_url
 from agent.settings import defaults
 
@@ -48,6 +49,17 @@ class ApiSettings:
         if self.auth_string:
             return {"PREFECT_API_AUTH_STRING": self.auth_string}
         return {}
+
+
+@dataclass(frozen=True)
+class ContainmentConfig:
+    """Run containment: cgroups, and the host's defaults and ceilings for runs' limits."""
+
+    mode: str = defaults.CONTAINMENT  # strict | best-effort | off
+    cgroup_root: Path | None = None  # None: found from the agent's own cgroup
+    policy: LimitPolicy = field(default_factory=LimitPolicy)
+    # Output lines sent to a run's Prefect log when it crashed, timed out or was OOM-killed.
+    crash_tail_lines: int = defaults.CRASH_TAIL_LINES
 
 
 @dataclass(frozen=True)
@@ -84,6 +96,7 @@ class PollerConfig:
     # A fault seam for tests only (hidden env var AGENT_TEST_CRASH_AFTER_CLAIM=1): exit
     # right after a claim is accepted, before its spec is published.
     crash_after_claim: bool = False
+    containment: ContainmentConfig = field(default_factory=ContainmentConfig)
 
 
 @dataclass(frozen=True)
@@ -105,6 +118,7 @@ class WorkerConfig:
     # A fault seam for tests only (hidden env var AGENT_TEST_KILL_ON_SPEC=<flow run id>):
     # the worker kills itself (SIGKILL) on taking that run's spec, before its flow starts.
     kill_on_spec: str | None = None
+    containment: ContainmentConfig = field(default_factory=ContainmentConfig)
 
 
 def parse_api_url(value: str | None) -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from agent.core.environment import check_env, check_text
 from agent.core.errors import ConfigError, JobVariableError
 from agent.observe.logs import FORMATS, LEVELS
+from agent.settings.defaults import CONTAINMENT_MODES
 
 Check = Callable[[Any], bool]
 
@@ -93,7 +94,16 @@ KEYS: dict[str, Key] = {
     "flow-python": Key("flow_python", _str, "a string (path)"),
     "flow-log-max-bytes": Key("flow_log_max_bytes", _int, "an integer"),
     "cancel-grace-seconds": Key("cancel_grace_seconds", _number, "a number of seconds"),
+    "containment": Key("containment", _one_of(*CONTAINMENT_MODES), "strict, best-effort or off"),
+    "cgroup-root": Key("cgroup_root", _str, "a string (path)"),
+    "crash-tail-lines": Key("crash_tail_lines", _int, "an integer"),
 }
+# --default-memory-limit ... --max-timeout-seconds: checked in full by their own parser.
+for _kind in ("default", "max"):
+    for _key in ("memory-limit", "cpu-limit", "pids-limit", "timeout-seconds"):
+        KEYS[f"{_kind}-{_key}"] = Key(
+            f"{_kind}_{_key.replace('-', '_')}", _duration, "a number or a string such as 2GiB"
+        )
 SECRET_KEYS = frozenset({"key", "auth-string"})
 
 

@@ -48,6 +48,14 @@ CANCEL_CHECK_SECONDS = 2.0
 CANCEL_WATCH_SECONDS = 0.5
 CANCEL_GRACE_SECONDS = 30.0
 
+# Run containment (agent/worker/cgroups.py). strict: a run asking for a limit this host
+# cannot enforce is Failed; best-effort: it runs without it, with a warning in its log.
+CONTAINMENT = "strict"
+CONTAINMENT_MODES = ("strict", "best-effort", "off")
+# When a run crashed, timed out or was OOM-killed, this many of its last output lines go
+# to its log in Prefect (the flight recorder); 0 turns it off.
+CRASH_TAIL_LINES = 50
+
 # How often the backend config variable (--agent-config-id) is read again.
 AGENT_CONFIG_REFRESH = 30.0
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Mapping
@@ -28,10 +27,12 @@ from agent.api.client import PrefectClient
 from agent.api.parse import parse_api_time
 from agent.api.reporter import Reporter
 from agent.core import lifecycle
+from agent.core.causes import Cause
 from agent.core.environment import build_argv, build_env
 from agent.core.errors import ApiError, JobVariableError, NotFoundError, SpoolError
 from agent.core.jobvars import validate_job_variables
 from agent.core.lifecycle import After, Cancel, Proposal, Start
+from agent.core.limits import Limits
 from agent.core.spec import JobSpec
 from agent.core.states import FlowRun, RunState, StateType
 from agent.observe import metrics
@@ -40,7 +41,12 @@ from agent.settings.config import WorkerConfig
 from agent.spool.moves import CUR, Lease, Spool
 from agent.spool.takes import Takes
 from agent.worker.adopt import LOST_MESSAGE, Found, classify
-from agent.worker.launcher import ExitStatus, Launcher, RunHandle, read_status, signal_run
+from agent.worker.cgroups import NONE_DISABLED
+from agent.worker.contain import Contain, Ending, Plan, usage_text
+from agent.worker.launcher import ExitStatus, Launcher, RunHandle, read_status
+from agent.worker.procid import ProcessId
+from agent.worker.runcgroup import RunCgroup
+from agent.worker.stopping import Stopper, Stopping
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +58,7 @@ class Settled:
 
     note: str
     shown: StateType | None = None
-
-
-@dataclass
-class Stopping:
-    """A cancelled run's processes being stopped: when each signal went out."""
-
-    term_at: float | None = None  # monotonic
-    killed_after: float | None = None  # seconds from SIGTERM to SIGKILL
-
-    @property
-    def stage(self) -> Cancel:
-        return Cancel.ASKED if self.term_at is None else Cancel.SIGNALLED
-
-    def describe(self) -> str:
-        if self.killed_after is None:
-            return "SIGTERM"
-        return f"SIGTERM, then SIGKILL after {self.killed_after:.0f} s"
+    cause: Cause = Cause.NOT_STARTED
 
 
 class _Unread:
@@ -94,6 +84,7 @@ class Execution:
         launcher: Launcher,
         environ: Mapping[str, str],
         stop: threading.Event,
+        contain: Contain | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -103,6 +94,8 @@ class Execution:
         self.environ = environ
         self._stop = stop
         self.who = f"agent worker {config.worker_id}"
+        self.contain = contain or Contain(config.containment, NONE_DISABLED)
+        self.stopper = Stopper(config, spool, self._run_log)
 
     # -- a run taken from new/ ---------------------------------------------------------
 
@@ -110,7 +103,7 @@ class Execution:
         """None: the worker is stopping and leaves the spec in cur/ for adoption."""
         run_id = spec.flow_run_id
         try:
-            argv, env, cwd = self._prepare(spec)
+            argv, env, cwd, plan = self._prepare(spec)
         except JobVariableError as exc:
             message = f"Flow run {run_id} cannot start: {exc}"
             return self._propose(spec, lifecycle.failed(message), "failed")
@@ -118,6 +111,9 @@ class Execution:
             before = self._before_start(spec)
             if before is not None:
                 return before if isinstance(before, Settled) else None
+            for warning in plan.warnings:
+                log.warning("flow run %s: %s", run_id, warning)
+                self._run_log(spec, warning, logging.WARNING)
         prefix = f"[{spec.flow_run_name or run_id}] " if spec.show_flow_logs else None
         try:
             # From here a worker's death is no longer the spec's (agent/core/poison.py).
@@ -125,22 +121,32 @@ class Execution:
         except OSError as exc:
             log.warning("flow run %s: cannot record that it starts: %s", run_id, exc)
         while True:
+            cgroup = self.contain.cgroup(run_id, spec.transition_id)
             try:
                 run_dir = self.spool.execution_dir(run_id, spec.transition_id)
-                handle = self.launcher.start(argv, env, cwd, run_dir, [lease.fd], prefix)
+                cgroup.create(plan.limits)
+                handle = self.launcher.start(
+                    argv, env, cwd, run_dir, [lease.fd], prefix, cgroup.dirs
+                )
             except (OSError, ValueError, SpoolError) as exc:
                 # ValueError: what exec refuses (a NUL byte) fails this run, never the worker.
+                cgroup.remove(patience=0)
                 message = f"Flow run {run_id} could not be started: {exc}"
                 return self._propose(spec, lifecycle.failed(message), "failed")
-            status, stopping = self._watch(handle, spec, run_dir, restarts)
-            settled = self.settle(spec, status, stopping, restarts)
+            status, stopping, took = self._watch(
+                handle, spec, run_dir, restarts, cgroup, plan.limits
+            )
+            ending = self._end(spec, cgroup, status, plan.limits, stopping, took)
+            settled = self.settle(spec, ending, stopping, restarts, run_dir)
             if settled is not RESTART:
                 return settled if isinstance(settled, Settled) else None
             restarts += 1
 
-    def _prepare(self, spec: JobSpec) -> tuple[list[str], dict[str, str], str]:
-        """argv, environment and cwd from the spec; JobVariableError names what is wrong."""
+    def _prepare(self, spec: JobSpec) -> tuple[list[str], dict[str, str], str, Plan]:
+        """argv, environment, cwd and limits from the spec; JobVariableError names what
+        is wrong (a bad limit, one above this host's ceiling or one it cannot enforce)."""
         job = validate_job_variables(spec.job_variables)
+        plan = self.contain.plan(job.limits)
         cwd = job.working_dir or os.getcwd()
         if job.working_dir and not os.path.isdir(job.working_dir):
             raise JobVariableError(f"nonexistent `working_dir` configured: {job.working_dir}")
@@ -155,7 +161,7 @@ class Execution:
             flow_run_id=spec.flow_run_id,
             logs_to_api=spec.cloud_logs,
         )
-        return build_argv(job.command, self.config.flow_python), env, cwd
+        return build_argv(job.command, self.config.flow_python), env, cwd, plan
 
     def _before_start(self, spec: JobSpec) -> Settled | _Unread | None:
         """How the run was settled without starting, or None to start it."""
@@ -190,82 +196,80 @@ class Execution:
         return False
 
     def _watch(
-        self, handle: RunHandle, spec: JobSpec, run_dir: Path, restarts: int
-    ) -> tuple[ExitStatus, Stopping | None]:
+        self,
+        handle: RunHandle,
+        spec: JobSpec,
+        run_dir: Path,
+        restarts: int,
+        cgroup: RunCgroup,
+        limits: Limits,
+    ) -> tuple[ExitStatus, Stopping | None, float]:
         run_id = spec.flow_run_id
-        started = time.time()
+        started = time.monotonic()
         metrics.STARTED.inc()
         scheduled = parse_api_time(spec.scheduled_start)
         if scheduled is not None and restarts == 0:
-            metrics.START_DELAY.observe(max(0.0, started - scheduled))
+            metrics.START_DELAY.observe(max(0.0, time.time() - scheduled))
         log.info("flow run %s started: pid %s", run_id, handle.pid)
         again = f" (start {restarts + 1})" if restarts else ""
+        bounds = f"; limits: {limits.describe()}" if limits.describe() else ""
         self._run_log(
             spec,
             f"Process started by worker {self.config.worker_id} on {self.config.hostname}: "
-            f"PID {handle.pid}{again}",
+            f"PID {handle.pid}{again}{bounds}",
         )
         self.reporter.infrastructure_pid(run_id, f"{self.config.hostname}:{handle.pid}")
+        # Wall time counts from the process start; each restart has the whole timeout.
+        deadline = started + limits.timeout if limits.timeout is not None else None
         stopping: Stopping | None = None
         while True:
             status = handle.wait(timeout=self.config.cancel_watch)
             if status is not None:
                 break
-            stopping = self.cancel_step(spec, run_dir, stopping)
-        duration = time.time() - started
+            stopping = self.stopper.step(spec, run_dir, cgroup, stopping, deadline)
+        duration = time.monotonic() - started
         metrics.RUN_DURATION.observe(duration)
-        log.info("flow run %s process %s", run_id, status.describe())
-        level = logging.INFO if status.returncode == 0 or stopping else logging.WARNING
-        self._run_log(spec, f"Process {status.describe()} after {duration:.1f}s", level)
-        return status, stopping
+        return status, stopping, duration
 
-    # -- cancellation while a process runs ------------------------------------------------
-
-    def cancel_step(
-        self, spec: JobSpec, run_dir: Path, stopping: Stopping | None
-    ) -> Stopping | None:
-        """One look while a flow runs: notice a cancel request, send SIGTERM, and SIGKILL
-        once the grace period has passed (again while the process lingers)."""
-        run_id = spec.flow_run_id
-        if stopping is None:
-            if not self.spool.cancel_requested(run_id, spec.transition_id):
-                return None
-            stopping = Stopping()
-        now = time.monotonic()
-        if stopping.term_at is None:
-            if self._signal(run_id, run_dir, signal.SIGTERM):
-                stopping.term_at = now
-                grace = self.config.cancel_grace
-                log.info("flow run %s cancelled: SIGTERM sent, SIGKILL in %.0fs", run_id, grace)
-                self._run_log(
-                    spec,
-                    f"Cancelling: worker {self.config.worker_id} sent SIGTERM to the flow run's "
-                    f"processes; SIGKILL follows in {grace:.0f} s if they are still running",
-                )
-        elif now - stopping.term_at >= self.config.cancel_grace:
-            killed = self._signal(run_id, run_dir, signal.SIGKILL)
-            if killed and stopping.killed_after is None:
-                stopping.killed_after = now - stopping.term_at
-                log.warning("flow run %s: still running after SIGTERM; SIGKILL sent", run_id)
-        return stopping
-
-    def _signal(self, run_id: str, run_dir: Path, sig: signal.Signals) -> bool:
-        try:
-            who = signal_run(run_dir, sig)
-        except OSError as exc:
-            log.error("flow run %s: cannot send %s: %s", run_id, sig.name, exc)
-            return False
-        if who is None:
-            log.debug("flow run %s: no live process to send %s to yet", run_id, sig.name)
-        return who is not None
+    def _end(
+        self,
+        spec: JobSpec,
+        cgroup: RunCgroup,
+        status: ExitStatus,
+        limits: Limits,
+        stopping: Stopping | None,
+        took: float | None,
+        lost: bool = False,
+    ) -> Ending:
+        """What the run left behind is killed, and how it ended is said once."""
+        cancelled = stopping is not None and stopping.stage is Cancel.SIGNALLED
+        timed_out = stopping is not None and stopping.timed_out
+        ending = self.contain.end(cgroup, status, limits, timed_out, cancelled, lost)
+        death, run_id = ending.death, spec.flow_run_id
+        used = usage_text(ending.usage)
+        log.info("flow run %s process %s%s", run_id, death.text, f" ({used})" if used else "")
+        quiet = status.returncode == 0 or (stopping is not None and not timed_out)
+        after = f" after {took:.1f}s" if took is not None else ""
+        self._run_log(
+            spec,
+            f"Process {death.text}{after}{f'; {used}' if used else ''}",
+            logging.INFO if quiet else logging.WARNING,
+        )
+        return ending
 
     # -- after the process ended ----------------------------------------------------------
 
     def settle(
-        self, spec: JobSpec, status: ExitStatus, stopping: Stopping | None, restarts: int
+        self,
+        spec: JobSpec,
+        ending: Ending,
+        stopping: Stopping | None,
+        restarts: int,
+        run_dir: Path,
     ) -> Settled | _Restart | _Unread:
         """Read the run and do what `lifecycle.after_exit` says."""
         run_id = spec.flow_run_id
+        cause = ending.death.cause
         cancel = stopping.stage if stopping else Cancel.NONE
         if cancel is Cancel.NONE and self.spool.cancel_requested(run_id, spec.transition_id):
             cancel = Cancel.ASKED
@@ -276,7 +280,7 @@ class Execution:
             try:
                 current = self.client.read_flow_run(run_id).state
             except NotFoundError:
-                return Settled("deleted")
+                return Settled("deleted", cause=cause)
             except ApiError as exc:
                 log.error("flow run %s: cannot read its state: %s", run_id, exc)
                 api_away = True
@@ -286,10 +290,10 @@ class Execution:
                 log.info("stopping: flow run %s, ended, is left to the next worker", run_id)
                 return UNREAD
             if flow_run is None:
-                return Settled("deleted")
+                return Settled("deleted", cause=cause)
             current = flow_run.state
         decision = lifecycle.after_exit(
-            status.describe(),
+            ending.death.text,
             current,
             spec.transition_id,
             cancel,
@@ -297,19 +301,41 @@ class Execution:
             self.who,
             api_away,
             stopping.describe() if stopping else "",
+            timed_out=ending.timeout if cause is Cause.TIMEOUT else None,
+            oom=cause is Cause.OOM,
         )
         if decision.action is After.RESTART:
             log.warning("flow run %s: %s; starting it again", run_id, decision.why)
             self._run_log(spec, f"Process {decision.why}: {self.who} starts it again")
             return RESTART
         if decision.proposal is not None:
+            proposed = decision.proposal.type
+            if proposed is StateType.CRASHED or cause in (Cause.OOM, Cause.TIMEOUT):
+                self._flight_recorder(spec, run_dir)
             send = not api_away
-            return self._propose(spec, decision.proposal, decision.proposal.type.lower(), send)
+            settled = self._propose(spec, decision.proposal, proposed.lower(), send)
+            return Settled(settled.note, settled.shown, cause)
         kind = current.type if current else None
         log.info("flow run %s: nothing to report: %s", run_id, decision.why)
         if kind is not None and not lifecycle.is_final(kind):
             self._run_log(spec, f"Process ended; {decision.why}")
-        return Settled(kind.lower() if kind else "unknown", kind)
+        if kind is StateType.CRASHED or cause is Cause.OOM:
+            self._flight_recorder(spec, run_dir)
+        return Settled(kind.lower() if kind else "unknown", kind, cause)
+
+    def _flight_recorder(self, spec: JobSpec, run_dir: Path) -> None:
+        """The last lines of a run that died go to its Prefect log: whoever opens the
+        run sees why without logging in to the host. Known secrets are masked."""
+        tail = self.contain.tail(run_dir)
+        if not tail:
+            return
+        secrets = [*self.config.api.secret_env().values(), *spec.env_vars.values()]
+        for secret in sorted((x for x in secrets if len(x) >= 4), key=len, reverse=True):
+            tail = tail.replace(secret, "***")
+        count = len(tail.splitlines())
+        self._run_log(
+            spec, f"Last {count} lines of the flow run's output:\n{tail}", logging.WARNING
+        )
 
     def _read(
         self, spec: JobSpec, when: str, cancellable: bool = False
@@ -356,10 +382,18 @@ class Execution:
     # -- a run whose worker died ----------------------------------------------------------
 
     def adopt(self, lease: Lease, spec: JobSpec) -> Settled | None:
-        """Finish what the dead worker started; never start a run twice."""
+        """Finish what the dead worker started; never start a run twice. Where the host
+        has cgroups the run is alive while its cgroup holds a process."""
         run_id = spec.flow_run_id
         run_dir = self.spool.execution_dir(run_id, spec.transition_id)
-        orphan = classify(read_status(run_dir), lambda p: p.alive())
+        cgroup = self.contain.cgroup(run_id, spec.transition_id)
+        contained = cgroup.exists()
+
+        def alive(flow: ProcessId) -> bool:
+            return cgroup.populated() if contained else flow.alive()
+
+        recorded = read_status(run_dir)
+        orphan = classify(recorded, alive)
         how = (
             "taken up again after its worker let go of it"
             if lease.let_go
@@ -367,7 +401,9 @@ class Execution:
         )
         log.warning("flow run %s: %s; it %s", run_id, how, orphan.found.value)
         if orphan.found is Found.NEVER_STARTED:
+            cgroup.remove(patience=0)
             return self.run(lease, spec)  # which reads the run first: final ones are kept
+        limits = self._limits(spec)
         status = orphan.status or ExitStatus(None, LOST_MESSAGE)
         stopping: Stopping | None = None
         if orphan.flow is not None:
@@ -376,20 +412,31 @@ class Execution:
                 f"Worker {self.config.worker_id} on {self.config.hostname} took over watching "
                 f"the flow run's process (PID {orphan.flow.pid}) after its worker died",
             )
-            while orphan.flow.alive():
+            deadline = None
+            started = recorded.get("started")
+            if limits.timeout is not None and isinstance(started, (int, float)):
+                deadline = time.monotonic() + started + limits.timeout - time.time()
+            while alive(orphan.flow):
                 if self._stop.wait(self.config.cancel_watch):
                     log.info("stopping: flow run %s is left to the next worker", run_id)
                     return None
-                stopping = self.cancel_step(spec, run_dir, stopping)
+                stopping = self.stopper.step(spec, run_dir, cgroup, stopping, deadline)
             status = ExitStatus(None, LOST_MESSAGE)
             ended = read_status(run_dir).get("returncode")
             if isinstance(ended, int):
                 status = ExitStatus(ended)
-        self._run_log(spec, f"Process {status.describe()} (seen after its worker died)")
-        settled = self.settle(spec, status, stopping, 0)
+        lost = status.error == LOST_MESSAGE
+        ending = self._end(spec, cgroup, status, limits, stopping, None, lost)
+        settled = self.settle(spec, ending, stopping, 0, run_dir)
         if settled is RESTART:
             return self.run(lease, spec, restarts=1)
         return settled if isinstance(settled, Settled) else None
+
+    def _limits(self, spec: JobSpec) -> Limits:
+        try:
+            return self.contain.plan(validate_job_variables(spec.job_variables).limits).limits
+        except JobVariableError:
+            return Limits()
 
 
 class _Restart:

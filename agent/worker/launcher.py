@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from agent.core.causes import exit_text
 from agent.spool.files import read_json_object
 from agent.worker import shim
 from agent.worker.procid import ProcessId
@@ -29,17 +30,7 @@ class ExitStatus:
     error: str | None = None  # why it never started, or why no status was recorded
 
     def describe(self) -> str:
-        if self.error:
-            return self.error
-        if self.returncode is None:
-            return "exited without recording an exit status"
-        if self.returncode < 0:
-            try:
-                name = signal.Signals(-self.returncode).name
-            except ValueError:
-                name = f"signal {-self.returncode}"
-            return f"was terminated by signal {name} ({-self.returncode})"
-        return f"exited with status code {self.returncode}"
+        return exit_text(self.returncode, self.error)
 
 
 class RunHandle(Protocol):
@@ -61,6 +52,7 @@ class Launcher(Protocol):
         run_dir: Path,
         keep_fds: Sequence[int],
         echo_prefix: str | None,
+        cgroups: Sequence[Path] = (),
     ) -> RunHandle: ...
 
 
@@ -135,6 +127,7 @@ class ShimLauncher:
         run_dir: Path,
         keep_fds: Sequence[int],
         echo_prefix: str | None,
+        cgroups: Sequence[Path] = (),
     ) -> ShimHandle:
         (run_dir / shim.STATUS_FILE).unlink(missing_ok=True)
         # The credential reaches the flow only: the shim gets it through a pipe, not in
@@ -154,6 +147,8 @@ class ShimLauncher:
         ]
         if echo_prefix is not None:
             cmd += ["--echo", "--prefix", echo_prefix]
+        for directory in cgroups:  # joined by the shim before the flow starts
+            cmd += ["--cgroup", str(directory)]
         secrets_fd = _secrets_pipe(secrets) if secrets else None
         if secrets_fd is not None:
             cmd += ["--secrets-fd", str(secrets_fd)]

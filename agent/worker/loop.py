@@ -21,6 +21,7 @@ from agent.api.outbox import Outbox
 from agent.api.reporter import Reporter
 from agent.api.runlogs import RunLogs
 from agent.core import lifecycle, poison
+from agent.core.causes import Cause
 from agent.core.errors import RET_OK, SpecError, SpoolError
 from agent.core.spec import loads
 from agent.observe import metrics
@@ -31,6 +32,7 @@ from agent.spool.moves import CUR, Lease, Spool
 from agent.spool.registry import BUSY, IDLE, Registry
 from agent.spool.takes import Takes
 from agent.worker import deaths
+from agent.worker.contain import Contain
 from agent.worker.execution import Execution
 from agent.worker.launcher import Launcher
 
@@ -54,6 +56,7 @@ class Worker:
         launcher: Launcher,
         environ: dict[str, str] | None = None,
         runlogs: RunLogs | None = None,
+        contain: Contain | None = None,
     ) -> None:
         self.config = config
         self.client = client
@@ -66,7 +69,7 @@ class Worker:
         )
         self._stop = threading.Event()
         self.execution = Execution(
-            config, client, spool, self.reporter, launcher, self.environ, self._stop
+            config, client, spool, self.reporter, launcher, self.environ, self._stop, contain
         )
         self.takes = Takes(spool.dir(CUR))
 
@@ -191,7 +194,7 @@ class Worker:
         if settled is None:
             return  # stopping: the spec stays in cur/ and the next worker takes it over
         self.spool.finish(lease, settled.note, spec.transition_id)
-        self.reporter.finished(settled.shown)  # after: a failed finish is retried
+        self.reporter.finished(settled.shown, settled.cause)  # after: a failed finish is retried
         log.info("flow run %s finished: %s", spec.flow_run_id, settled.note)
 
     def _quarantined(self, lease: Lease) -> bool:
@@ -213,7 +216,7 @@ class Worker:
             shown = self.reporter.propose(run_id, lifecycle.failed(reason)).shown
         self.spool.refuse(lease, reason)
         metrics.QUARANTINED.inc()
-        self.reporter.finished(shown)
+        self.reporter.finished(shown, Cause.NOT_STARTED)
         return True
 
     def _let_go(self, lease: Lease) -> None:
@@ -251,7 +254,7 @@ class Worker:
         if fail_run:
             shown = self.reporter.propose(fail_run, lifecycle.failed(reason)).shown
         self.spool.refuse(lease, reason)
-        self.reporter.finished(shown)
+        self.reporter.finished(shown, Cause.NOT_STARTED)
 
 
 def _die_on_spec(run_id: str) -> None:

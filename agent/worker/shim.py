@@ -17,10 +17,12 @@ import argparse
 import contextlib
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from agent.worker.procid import identify
@@ -33,6 +35,8 @@ START_PATIENCE = 10.0
 END_PATIENCE = 600.0
 RET_NOT_STARTED = 75  # EX_TEMPFAIL: the flow was not started; nothing ran
 RET_UNRECORDED = 74  # EX_IOERR: the flow ended, its exit status could not be recorded
+# After the flow exits, how long output still held open by its leftovers is read.
+DRAIN_SECONDS = 1.0
 
 
 def _open_private(path: Path, flags: int) -> int:
@@ -158,6 +162,21 @@ def read_secrets(fd: int | None) -> dict[str, str]:
     return {str(k): str(v) for k, v in body.items()}
 
 
+def join_cgroups(dirs: list[Path]) -> str | None:
+    """Move this process into each of the run's cgroups (the flow, forked after, is born
+    inside); why not, or None."""
+    for directory in dirs:
+        try:
+            fd = os.open(directory / "cgroup.procs", os.O_WRONLY)
+            try:
+                os.write(fd, str(os.getpid()).encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return f"cannot join the run's cgroup {directory}: {exc.strerror or exc}"
+    return None
+
+
 def run(
     run_dir: Path,
     argv: list[str],
@@ -165,6 +184,7 @@ def run(
     prefix: str,
     echo: bool,
     secrets: dict[str, str] | None = None,
+    cgroups: list[Path] | None = None,
 ) -> int:
     """status.json goes through three phases, each written atomically:
     "starting" (the shim's own identity, before the flow exists), "running" (+ the flow's
@@ -175,6 +195,15 @@ def run(
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, signal.SIG_IGN)
     log = BoundedLog(run_dir / LOG_FILE, max_bytes)
+    # Before anything is recorded: a run that cannot be contained is not started.
+    refused = join_cgroups(cgroups or [])
+    if refused:
+        log.write(f"local-agent: {refused}\n".encode())
+        log.close()
+        now = time.time()
+        status0: dict[str, object] = {"phase": "ended", "returncode": 127, "error": refused}
+        status0.update(started=now, ended=now)
+        return 0 if record(run_dir, status0, END_PATIENCE) else RET_UNRECORDED
     started = time.time()
     shim = identify(os.getpid())
     status: dict[str, object] = {
@@ -207,7 +236,7 @@ def run(
     retry_at = time.monotonic() + 1
     assert proc.stdout is not None
     out = sys.stdout.buffer
-    for line in iter(proc.stdout.readline, b""):
+    for line in read_lines(proc):
         log.write(line)
         if echo:
             try:
@@ -227,6 +256,38 @@ def run(
     return 0 if recorded else RET_UNRECORDED
 
 
+def read_lines(proc: subprocess.Popen[bytes], linger: float = DRAIN_SECONDS) -> Iterator[bytes]:
+    """The flow's output, line by line, until it has exited and its output is drained.
+
+    A process the flow left behind (a daemon) may hold the pipe open for ever: once the
+    flow itself has exited, output is read for ``linger`` more seconds at most, so the
+    exit status is recorded and the worker can end the run (and kill what is left)."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    pending = b""
+    exited_at: float | None = None
+    while True:
+        if exited_at is None and proc.poll() is not None:
+            exited_at = time.monotonic()
+        if exited_at is not None and time.monotonic() - exited_at >= linger:
+            break
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line + b"\n"
+        if len(pending) >= 65536:  # a line without an end: pass it on in pieces
+            yield pending
+            pending = b""
+    if pending:
+        yield pending
+
+
 def main(args: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="agent.worker.shim")
     parser.add_argument("--run-dir", type=Path, required=True)
@@ -234,13 +295,14 @@ def main(args: list[str] | None = None) -> int:
     parser.add_argument("--prefix", default="")
     parser.add_argument("--echo", action="store_true")
     parser.add_argument("--secrets-fd", type=int, default=None)
+    parser.add_argument("--cgroup", type=Path, action="append", default=[])
     parser.add_argument("argv", nargs=argparse.REMAINDER)
     ns = parser.parse_args(args)
     argv = ns.argv[1:] if ns.argv[:1] == ["--"] else ns.argv
     if not argv:
         parser.error("no command given after --")
     secrets = read_secrets(ns.secrets_fd)  # first: the worker's write end is closed
-    return run(ns.run_dir, argv, ns.max_bytes, ns.prefix, ns.echo, secrets)
+    return run(ns.run_dir, argv, ns.max_bytes, ns.prefix, ns.echo, secrets, ns.cgroup)
 
 
 if __name__ == "__main__":

@@ -66,3 +66,73 @@ def stubborn(marker: str, pause: float) -> None:
     time.sleep(pause)
     with open(marker, "a") as f:
         f.write(os.environ["PREFECT__FLOW_RUN_ID"] + "\n")
+
+
+# -- containment (tests/integration/test_containment.py) ---------------------------------
+
+
+@flow
+def hog(mib: int) -> None:
+    """Touch ``mib`` MiB, 8 MiB at a time: past a memory limit the OOM killer ends it."""
+    print("hog: allocating", mib, "MiB", flush=True)
+    chunks = []
+    for i in range(0, mib, 8):
+        chunks.append(bytearray(8 * 1024 * 1024))
+        if i % 64 == 0:
+            print(f"hog: {i} MiB so far", flush=True)
+    print("hog: done, never killed", flush=True)
+
+
+@flow
+def daemonize(pidfile: str, pause: float = 120.0) -> None:
+    """Double-fork a `sleep 1000` that leaves the process group (setsid), record its pid,
+    then wait to be cancelled."""
+    import subprocess
+
+    subprocess.run(
+        [
+            "sh",
+            "-c",
+            f"setsid sh -c 'sleep 1000 & echo $! > {pidfile}' </dev/null >/dev/null 2>&1 &",
+        ],
+        check=True,
+    )
+    time.sleep(pause)
+
+
+@flow
+def sleeper(pause: float) -> None:
+    print(f"sleeper: sleeping {pause} s", flush=True)
+    time.sleep(pause)
+
+
+@flow
+def fork_bomb(out: str, seconds: float = 5.0) -> None:
+    """Fork without end for ``seconds``; records how many forks failed (EAGAIN)."""
+    import subprocess
+
+    children = []
+    refused = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            children.append(subprocess.Popen(["sleep", "30"]))
+        except OSError:
+            refused += 1
+            time.sleep(0.01)
+    with open(out, "w") as f:
+        json.dump({"started": len(children), "refused": refused}, f)
+    for child in children:
+        child.kill()
+        child.wait()
+
+
+@flow
+def busy(out: str, seconds: float = 5.0) -> None:
+    """Spin for ``seconds`` of wall time; record the CPU share it got."""
+    wall0, cpu0 = time.monotonic(), time.process_time()
+    while time.monotonic() - wall0 < seconds:
+        pass
+    share = (time.process_time() - cpu0) / (time.monotonic() - wall0)
+    with open(out, "w") as f:
+        json.dump({"share": share}, f)

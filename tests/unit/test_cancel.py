@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from agent.api.client import PrefectClient
+from agent.core.causes import Cause
 from agent.core.spec import JobSpec, dumps
 from agent.observe import metrics
 from agent.poller.duty import run_due
@@ -59,8 +60,8 @@ def files(spool: Spool, state: str) -> list[str]:
 
 
 def finished(outcome: str) -> float:
-    value: float = metrics.FINISHED.labels(outcome)._value.get()
-    return value
+    """Runs finished with ``outcome``, whatever ended their process."""
+    return float(sum(metrics.FINISHED.labels(outcome, c.value)._value.get() for c in Cause))
 
 
 # -- the spool ----------------------------------------------------------------------------
@@ -318,6 +319,7 @@ class ChildLauncher:
         run_dir: Path,
         keep_fds: Sequence[int],
         echo_prefix: str | None,
+        cgroups: Sequence[Path] = (),
     ) -> ChildHandle:
         proc = subprocess.Popen(
             [sys.executable, "-c", self.code], start_new_session=True, stdout=subprocess.PIPE

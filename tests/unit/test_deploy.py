@@ -119,6 +119,23 @@ def seconds(span: str) -> float:
     return sum(int(n) * units[u] for n, u in parts)
 
 
+def exec_start_script(exec_start: str) -> str:
+    """The script of ``ExecStart=/bin/sh -c '...'`` as sh gets it: systemd joins lines
+    ending in a backslash, then turns %% into % (specifiers) and $$ into $ (variables)."""
+    argv = shlex.split(exec_start.replace("\\\n", " "))
+    assert argv[:2] == ["/bin/sh", "-c"] and len(argv) == 3, argv
+    # A lone $ or % would be systemd's, not the shell's.
+    assert "$" not in argv[2].replace("$$", "") and "%" not in argv[2].replace("%%", "")
+    return argv[2].replace("%%", "%").replace("$$", "$")
+
+
+def supervisord_argv(exec_start: str) -> list[str]:
+    """The command the ExecStart= script ends with (``exec supervisord ...``)."""
+    _, found, command = exec_start_script(exec_start).rpartition("exec ")
+    assert found, exec_start
+    return shlex.split(command)
+
+
 def install_sh_constants() -> dict[str, str]:
     """install.sh's ``readonly NAME=value`` constants, ``$OTHER`` references expanded."""
     found: dict[str, str] = {}
@@ -284,8 +301,8 @@ def test_unit_runs_supervisord_in_the_foreground_on_the_installed_config(
     installed: Installed,
 ) -> None:
     shipped = read_unit(UNIT_FILE.read_text())["Service"]
-    assert shlex.split(shipped["ExecStart"])[0] == f"{SHIPPED_VENV}/bin/supervisord"
-    argv = shlex.split(installed.unit["Service"]["ExecStart"])
+    assert supervisord_argv(shipped["ExecStart"])[0] == f"{SHIPPED_VENV}/bin/supervisord"
+    argv = supervisord_argv(installed.unit["Service"]["ExecStart"])
     assert argv[0] == f"{VENV}/bin/supervisord" and os.access(argv[0], os.X_OK)
     assert "-n" in argv or "--nodaemon" in argv  # the main process systemd tracks
     config = argv[argv.index("-c") + 1]
@@ -295,6 +312,62 @@ def test_unit_runs_supervisord_in_the_foreground_on_the_installed_config(
     installed_text = at(installed.root, "/etc/systemd/system/local-agent.service").read_text()
     expected = UNIT_FILE.read_text().replace(f"{SHIPPED_VENV}/bin/", f"{VENV}/bin/")
     assert installed_text == expected
+
+
+def test_unit_delegates_its_cgroup_for_run_containment() -> None:
+    """The agent makes a cgroup per flow run below the unit's: systemd must delegate the
+    subtree, and must not make /sys/fs/cgroup read-only for the unit."""
+    service = read_unit(UNIT_FILE.read_text())["Service"]
+    assert service["Delegate"] == "yes"
+    assert service.get("ProtectControlGroups", "no") in ("no", "false", "0", "")
+
+
+def _run_exec_start(tmp_path: Path, proc_self_cgroup: str) -> tuple[Path, list[str]]:
+    """Run the ExecStart= script against a fake /sys/fs/cgroup (tmp_path/cgroup, whose
+    cgroup.subtree_control files point at stdout) and a fake /proc/self/cgroup; it execs
+    `echo` instead of supervisord. Returns the fake root and the lines printed."""
+    script = exec_start_script(read_unit(UNIT_FILE.read_text())["Service"]["ExecStart"])
+    assert script.count("/sys/fs/cgroup") == 1 and script.count("/proc/self/cgroup") == 1
+    root = tmp_path / "cgroup"
+    proc = tmp_path / "proc-self-cgroup"
+    proc.write_text(proc_self_cgroup)
+    script = script.replace("/sys/fs/cgroup", str(root)).replace("/proc/self/cgroup", str(proc))
+    script = script.replace(f"exec {SHIPPED_VENV}/bin/supervisord", "exec echo supervisord")
+    done = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=10)
+    assert done.returncode == 0 and not done.stderr, done
+    return root, done.stdout.splitlines()
+
+
+UNIT_CGROUP = "/system.slice/local-agent.service"
+
+
+@pytest.mark.parametrize("own", [UNIT_CGROUP, f"{UNIT_CGROUP}/supervisor"])
+def test_exec_start_moves_supervisord_to_a_sub_cgroup_on_v2(tmp_path: Path, own: str) -> None:
+    """cgroup v2, delegated: systemd starts the command in the unit's cgroup (or, with
+    DelegateSubgroup=supervisor, in its `supervisor` child). It ends up in `supervisor`
+    and enables the limit controllers for the unit cgroup's children."""
+    unit = tmp_path / "cgroup" / UNIT_CGROUP.lstrip("/")
+    unit.mkdir(parents=True)
+    (unit / "cgroup.procs").touch()
+    (unit / "cgroup.subtree_control").symlink_to("/dev/stdout")  # each write, printed
+    _, printed = _run_exec_start(tmp_path, f"1:name=systemd:{UNIT_CGROUP}\n0::{own}\n")
+    assert printed == ["+memory", "+cpu", "+pids", f"supervisord -n -c {CONFIG}"]
+    assert (unit / "supervisor" / "cgroup.procs").read_text().strip().isdigit()
+    assert not (unit / "supervisor" / "supervisor").exists()
+
+
+@pytest.mark.parametrize(
+    "proc_self_cgroup",
+    [
+        f"4:memory:{UNIT_CGROUP}\n1:name=systemd:{UNIT_CGROUP}\n",  # v1: no 0:: line
+        f"4:memory:{UNIT_CGROUP}\n0::{UNIT_CGROUP}\n",  # hybrid: v2 not at /sys/fs/cgroup
+        "0::/\n",  # the root cgroup: never moved out of
+    ],
+)
+def test_exec_start_leaves_other_hosts_alone(tmp_path: Path, proc_self_cgroup: str) -> None:
+    root, printed = _run_exec_start(tmp_path, proc_self_cgroup)
+    assert printed == [f"supervisord -n -c {CONFIG}"]
+    assert not root.exists()
 
 
 def test_unit_user_secrets_and_run_dir_match_what_install_sh_creates(

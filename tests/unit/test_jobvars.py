@@ -25,7 +25,8 @@ from agent.core.jobvars import (
 def test_every_placeholder_of_job_configuration_is_a_variable() -> None:
     text = json.dumps(BASE_JOB_TEMPLATE["job_configuration"])
     placeholders = set(re.findall(r"\{\{\s*([A-Za-z_][A-Za-z0-9_]*)\s*\}\}", text))
-    assert placeholders == {"command", "env", "working_dir", "labels"}
+    limits = {"memory_limit", "cpu_limit", "pids_limit", "timeout_seconds"}
+    assert placeholders == {"command", "env", "working_dir", "labels"} | limits
     assert placeholders <= set(BASE_JOB_TEMPLATE["variables"]["properties"])
 
 
@@ -35,6 +36,10 @@ def test_template_defaults_of_base_template() -> None:
         "env": {},
         "working_dir": None,
         "labels": [],
+        "memory_limit": None,
+        "cpu_limit": None,
+        "pids_limit": None,
+        "timeout_seconds": None,
     }
 
 

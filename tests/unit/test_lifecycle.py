@@ -63,8 +63,12 @@ def after(
     restarts: int = 0,
     api_away: bool = False,
     stopped_how: str = "SIGTERM",
+    timed_out: float | None = None,
+    oom: bool = False,
 ) -> AfterExit:
-    return lifecycle.after_exit(EXIT_1, current, OURS, cancel, restarts, WHO, api_away, stopped_how)
+    return lifecycle.after_exit(
+        EXIT_1, current, OURS, cancel, restarts, WHO, api_away, stopped_how, timed_out, oom
+    )
 
 
 # -- is_final and outcome_of ---------------------------------------------------------------
@@ -392,6 +396,51 @@ def test_after_exit_a_state_type_this_agent_does_not_know_is_kept(cancel: Cancel
         assert decision.action is After.KEEP and decision.proposal is None
 
 
+def test_after_exit_api_away_after_a_timeout_proposes_failed_kept_for_the_outbox() -> None:
+    decision = after(None, api_away=True, timed_out=3, stopped_how="SIGTERM")
+    assert decision.action is After.PROPOSE
+    assert decision.proposal == lifecycle.failed(
+        f"Flow run exceeded timeout_seconds=3: its processes were stopped by {WHO} (SIGTERM)",
+        force=True,
+    )
+
+
+@pytest.mark.parametrize(
+    "current",
+    [
+        state(StateType.PENDING, transition_id=OURS),
+        state(StateType.RUNNING),
+        state(StateType.CRASHED),  # the engine's Crashed on our SIGTERM
+    ],
+)
+def test_after_exit_a_timed_out_run_is_failed_over_the_engines_crashed(current: RunState) -> None:
+    decision = after(current, timed_out=2.5, stopped_how="SIGTERM, then SIGKILL after 2 s")
+    assert decision.action is After.PROPOSE and decision.proposal is not None
+    assert decision.proposal.type is StateType.FAILED and decision.proposal.force
+    assert decision.proposal.message.startswith("Flow run exceeded timeout_seconds=2.5:")
+    assert lifecycle.supersedes(decision.proposal, StateType.CRASHED)
+
+
+@pytest.mark.parametrize("kind", FLOW_ENDS)
+def test_after_exit_a_timeout_never_replaces_the_flows_own_end(kind: StateType) -> None:
+    decision = after(state(kind), timed_out=3)
+    assert decision.action is After.KEEP and decision.proposal is None
+    assert not lifecycle.supersedes(lifecycle.failed("late", force=True), kind)
+
+
+def test_after_exit_a_cancellation_wins_over_a_timeout() -> None:
+    decision = after(state(StateType.RUNNING), Cancel.ASKED, timed_out=3)
+    assert decision.proposal is not None and decision.proposal.type is StateType.CANCELLED
+
+
+def test_after_exit_our_pending_oom_killed_is_crashed_not_started_again() -> None:
+    decision = after(state(StateType.PENDING, transition_id=OURS), oom=True)
+    assert decision.action is After.PROPOSE
+    assert decision.proposal == lifecycle.crashed(
+        f"Flow run infrastructure {EXIT_1} before the flow run reached Running."
+    )
+
+
 # Each row of the table and the test above that checks it: a row added without a test, or
 # a row changed, fails here.
 ROWS = {
@@ -402,8 +451,14 @@ ROWS = {
         "unknown (API away)",
         "none/asked",
     ): test_after_exit_api_away_without_a_signal_waits_for_the_api,
+    ("unknown (API away)", "timed out"): (
+        test_after_exit_api_away_after_a_timeout_proposes_failed_kept_for_the_outbox
+    ),
     ("COMPLETED, FAILED, CANCELLED", "any"): (
         test_after_exit_the_flows_own_end_is_kept_whatever_the_cancellation
+    ),
+    ("PENDING ours, RUNNING, CRASHED", "timed out"): (
+        test_after_exit_a_timed_out_run_is_failed_over_the_engines_crashed
     ),
     ("CRASHED", "signalled/asked"): (
         test_after_exit_crashed_while_cancelling_is_replaced_by_a_forced_cancelled
@@ -419,6 +474,9 @@ ROWS = {
     ),
     ("PENDING, ours", "none"): (
         test_after_exit_our_pending_restarts_never_ran_then_crashed_after_the_bound
+    ),
+    ("PENDING, ours", "none, OOM-killed"): (
+        test_after_exit_our_pending_oom_killed_is_crashed_not_started_again
     ),
     ("PENDING, another claim", "any"): (
         test_after_exit_pending_of_another_claim_is_kept_that_claim_owns_it

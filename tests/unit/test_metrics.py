@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.core.causes import Cause
 from agent.core.claim import CONFLICT_REASONS
 from agent.observe import metrics
 
@@ -127,8 +128,9 @@ def test_labelled_counters_show_every_known_label_at_zero_before_anything_happen
     expected = [
         *(f'agent_claim_conflicts_total{{reason="{r}"}} 0.0' for r in CONFLICT_REASONS),
         *(
-            f'agent_flow_runs_finished_total{{outcome="{o}"}} 0.0'
+            f'agent_flow_runs_finished_total{{cause="{c.value}",outcome="{o}"}} 0.0'
             for o in ("completed", "failed", "crashed", "cancelled")
+            for c in Cause
         ),
         *(f'agent_outbox_kept_total{{kind="{k}"}} 0.0' for k in ("state", "pid", "logs")),
         *(f'agent_outbox_delivered_total{{kind="{k}"}} 0.0' for k in ("state", "pid", "logs")),

@@ -18,6 +18,7 @@ from agent.api.client import PrefectClient
 from agent.api.outbox import LOGS, PID, STATE, Outbox, Report, logs_report
 from agent.api.reporter import Reported, Reporter, proposal_from, state_body
 from agent.core import lifecycle
+from agent.core.causes import Cause
 from agent.core.claim import Claim
 from agent.core.errors import (
     ApiError,
@@ -106,8 +107,14 @@ def reporter(api: FakeApi, outbox: Outbox, runlogs: RecordedRunLogs) -> Reporter
 
 
 def finished(outcome: Outcome) -> float:
-    labels = {"outcome": outcome.value}
-    return REGISTRY.get_sample_value("agent_flow_runs_finished_total", labels) or 0.0
+    """Runs finished with ``outcome``, whatever ended their process."""
+    return sum(
+        REGISTRY.get_sample_value(
+            "agent_flow_runs_finished_total", {"outcome": outcome.value, "cause": c.value}
+        )
+        or 0.0
+        for c in Cause
+    )
 
 
 def all_finished() -> dict[Outcome, float]:

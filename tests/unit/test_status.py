@@ -460,7 +460,9 @@ def test_every_field_is_documented_and_the_schema_is_1(
 ) -> None:
     snapshot = full_snapshot(spool, children)
     assert snapshot["schema"] == 1
-    assert set(snapshot) == {"schema", "spool", "generated_at", "poller", "runs", "workers"}
+    assert set(snapshot) == {
+        *("schema", "spool", "generated_at", "poller", "runs", "workers", "containment")
+    }
     assert set(snapshot["runs"]) == {"waiting", "running", "finished_last_hour"}
     assert list(snapshot["runs"]["finished_last_hour"]) == list(OUTCOMES)
     assert snapshot == json.loads(json.dumps(snapshot))

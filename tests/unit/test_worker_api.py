@@ -95,6 +95,7 @@ class CountingLauncher(ChildLauncher):
         run_dir: Path,
         keep_fds: Sequence[int],
         echo_prefix: str | None,
+        cgroups: Sequence[Path] = (),
     ) -> ChildHandle:
         self.reads_at_start.append(self.client.reads)
         self.envs.append(dict(env))
