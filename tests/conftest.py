@@ -31,7 +31,9 @@ from tests.integration.harness import (
     free_port,
     prefect_server,
 )
+from tests.integration.postgres import Cluster, pg_bin, postgres_cluster
 
+BACKENDS = ("sqlite", "postgresql")
 AUTH = "admin:s3cret-auth-value"  # the server requires it: tests also prove it never leaks
 FLOWS_DIR = REPO / "tests" / "flows"
 
@@ -44,12 +46,37 @@ def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[Cluster]:
+    """One PostgreSQL cluster per session (Debian's package; .ci/run installs it)."""
+    if pg_bin() is None:
+        pytest.skip("PostgreSQL is not installed here (apt-get install postgresql)")
+    with postgres_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def pg_server_url(tmp_path_factory: pytest.TempPathFactory, pg_cluster: Cluster) -> Iterator[str]:
+    """A second session server, on PostgreSQL: the backend a fleet uses."""
+    home = tmp_path_factory.mktemp("prefect-pg-home")
+    with prefect_server(home, AUTH, pg_cluster.create_database("prefect")) as url:
+        yield url
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked `backends` run once on each server backend (SQLite, PostgreSQL)."""
+    if metafunc.definition.get_closest_marker("backends") is not None:
+        metafunc.parametrize("backend", BACKENDS, indirect=True)
+
+
+@pytest.fixture
+def backend(request: pytest.FixtureRequest) -> str:
+    """The Prefect server's database: "sqlite" unless the test is marked `backends`."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
 def client(server_url: str) -> PrefectClient:
-    # The tests' own calls (create, wait) ride out a stall of the shared SQLite server
-    # (one read once took over 30 s in CI); the agent under test keeps its defaults.
-    return PrefectClient(
-        ApiSettings(url=server_url, auth_string=AUTH, read_timeout=60.0, retry_deadline=120.0)
-    )
+    return session_client(server_url)
 
 
 @dataclass
@@ -126,8 +153,22 @@ class Agent:
         return [s["type"] for s in sorted(history, key=lambda s: s["timestamp"])]
 
 
+def session_client(url: str) -> PrefectClient:
+    # The tests' own calls (create, wait) ride out a stall of the shared server (one
+    # SQLite read once took over 30 s in CI); the agent under test keeps its defaults.
+    return PrefectClient(
+        ApiSettings(url=url, auth_string=AUTH, read_timeout=60.0, retry_deadline=120.0)
+    )
+
+
 @pytest.fixture
-def agent(server_url: str, client: PrefectClient, tmp_path: Path) -> Iterator[Agent]:
+def agent(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Agent]:
+    if backend == "postgresql":
+        server_url = str(request.getfixturevalue("pg_server_url"))
+        client = session_client(server_url)
+    else:
+        server_url = str(request.getfixturevalue("server_url"))
+        client = request.getfixturevalue("client")
     pool = f"test-{uuid.uuid4().hex[:10]}"
     run_dir = tmp_path / "run"
     run_dir.mkdir()
@@ -162,12 +203,19 @@ OWN_AUTH = "admin:own-server-auth"
 
 
 @pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[PrefectServer]:
+def own_server(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[PrefectServer]:
     """A Prefect server for one test, which it may stop and start again (same port, same
-    database): stopping the session's server would fail every other test."""
+    database): stopping the session's server would fail every other test. On PostgreSQL
+    it has a database of its own in the session's cluster."""
     home = tmp_path / "own-prefect-home"
     home.mkdir()
-    server = PrefectServer(home, OWN_AUTH, port=free_port())
+    database = None
+    if backend == "postgresql":
+        cluster: Cluster = request.getfixturevalue("pg_cluster")
+        database = cluster.create_database(f"own_{uuid.uuid4().hex[:12]}")
+    server = PrefectServer(home, OWN_AUTH, port=free_port(), database=database)
     try:
         yield server
     finally:

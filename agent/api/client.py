@@ -38,6 +38,7 @@ from agent.core.errors import (
     NotFoundError,
     TransientApiError,
 )
+from agent.core.reap import Beat
 from agent.core.redact import redact_url
 from agent.core.states import Deployment, FlowRun, StateAnswer, WorkPool
 from agent.observe import metrics
@@ -260,6 +261,11 @@ class PrefectClient:
         self.request(
             "heartbeat", "POST", f"/work_pools/{quote(pool, safe='')}/workers/heartbeat", body
         )
+
+    def read_workers(self, pool: str) -> list[Beat]:
+        """The pool's workers: each agent's name and last heartbeat."""
+        path = f"/work_pools/{quote(pool, safe='')}/workers/filter"
+        return parse.workers("read_workers", self.request("read_workers", "POST", path, {}))
 
     def get_scheduled_flow_runs(
         self,

@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from agent.core.errors import ApiShapeError
+from agent.core.reap import Beat
 from agent.core.states import (
     Answer,
     Deployment,
@@ -70,6 +71,7 @@ def state(call: str, body: object) -> RunState | None:
         message=_text(raw.get("message")),
         timestamp=parse_api_time(raw.get("timestamp")),
         transition_id=transition if isinstance(transition, str) else None,
+        id=raw["id"] if isinstance(raw.get("id"), str) else None,
     )
 
 
@@ -151,3 +153,19 @@ def work_pool(call: str, body: object) -> WorkPool:
 def variable(call: str, body: object) -> object:
     """A Prefect Variable's value (any JSON); its meaning is the backend config's."""
     return _object(call, body, "a variable").get("value")
+
+
+def workers(call: str, body: object) -> list[Beat]:
+    """The pool's workers (each agent's heartbeat record)."""
+    beats = []
+    for raw in _list(call, body, "a list of workers"):
+        row = _object(call, raw, "a worker")
+        interval = row.get("heartbeat_interval_seconds")
+        beats.append(
+            Beat(
+                name=_text(row.get("name")),
+                last=parse_api_time(row.get("last_heartbeat_time")),
+                interval=float(interval) if isinstance(interval, (int, float)) else None,
+            )
+        )
+    return beats

@@ -50,11 +50,14 @@ def state_body(proposal: Proposal) -> dict[str, Any]:
 
 def proposal_from(body: dict[str, Any], force: bool) -> Proposal:
     """A proposal read back from the outbox (ValueError for an unknown type)."""
+    details = body.get("state_details")
+    transition = details.get("transition_id") if isinstance(details, dict) else None
     return Proposal(
         StateType(str(body.get("type"))),
         str(body.get("name") or ""),
         str(body.get("message") or ""),
         force=force,
+        transition_id=transition if isinstance(transition, str) else None,
     )
 
 
@@ -98,12 +101,15 @@ class Reporter:
         settles: bool = True,
         cloud_logs: bool = True,
         send: bool = True,
+        keep: bool = True,
     ) -> Reported:
         """Send ``proposal``; never raises for the API. Returns what Prefect shows
         after it, which the caller counts with `finished` once its spec is retired (so a
         retire that fails and is retried counts once). ``settles``: the run is done on
         this host, so a report kept in the outbox is counted when delivered. ``send``
-        False: the API is known to be away; straight to the outbox."""
+        False: the API is known to be away; straight to the outbox. ``keep`` False: a
+        proposal not worth delivering later (the caller decides again next time) is
+        dropped instead of kept."""
         if cloud_logs and proposal.message:
             level = logging.INFO if proposal.type is StateType.CANCELLED else logging.WARNING
             self.run_log(run_id, proposal.message, level)
@@ -113,7 +119,7 @@ class Reporter:
             answer = self.client.set_flow_run_state(run_id, state_body(proposal), proposal.force)
         except ApiError as exc:
             log.error("flow run %s: could not report %s: %s", run_id, proposal.type, exc)
-            if worth_keeping(exc):
+            if keep and worth_keeping(exc):
                 return self._keep_state(run_id, proposal, settles)
             return Reported()
         shown = answer.state.type if answer.state else None
@@ -122,7 +128,7 @@ class Reporter:
             log.info("flow run %s: %s (%s)", run_id, proposal.name, proposal.message or "-")
         elif answer.status is Answer.WAIT:
             log.info("flow run %s: the server asks to wait before %s", run_id, proposal.type)
-            return self._keep_state(run_id, proposal, settles)
+            return self._keep_state(run_id, proposal, settles) if keep else Reported()
         else:
             log.info(
                 "flow run %s: %s not accepted (%s); it is %s",

@@ -36,7 +36,7 @@ def containment_options(func: F) -> F:
     options: list[Callable[[F], F]] = [
         click.option(
             "--containment",
-            type=click.Choice(defaults.CONTAINMENT_MODES),
+            type=click.Choice(defaults.CONTAINMENT_MODES, case_sensitive=False),
             default=defaults.CONTAINMENT,
             show_default=True,
             envvar="AGENT_CONTAINMENT",
@@ -98,8 +98,12 @@ def containment_config(p: dict[str, Any]) -> ContainmentConfig:
     policy = LimitPolicy(defaults=_limits(p, "default"), ceilings=_limits(p, "max"))
     check_policy(policy)
     return ContainmentConfig(
-        mode=p.get("containment") or defaults.CONTAINMENT,
+        mode=(p.get("containment") or defaults.CONTAINMENT).lower(),
         cgroup_root=p.get("cgroup_root"),
         policy=policy,
-        crash_tail_lines=p.get("crash_tail_lines", defaults.CRASH_TAIL_LINES),
+        crash_tail_lines=_or(p.get("crash_tail_lines"), defaults.CRASH_TAIL_LINES),
     )
+
+
+def _or(value: int | None, default: int) -> int:
+    return default if value is None else value

@@ -196,6 +196,12 @@ def _header(plan: InstallPlan) -> list[str]:
         f"Create {run} first, owned by the agent's user, mode 700: it holds",
         "the logs and metrics files" + ("." if plan.include_only else ", socket and pid file."),
     ]
+    text += [
+        "Run containment: each flow run gets a cgroup below the agent's own (memory,",
+        "CPU and process limits; the whole tree killed on cancel or timeout). Under",
+        "systemd give the unit Delegate=yes, so that it may create them and systemd",
+        "leaves them alone (deploy/local-agent.service does, and says why).",
+    ]
     if plan.poller_env:
         text.append("environment= holds the --env values: keep this file mode 600.")
     if plan.omitted:

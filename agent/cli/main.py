@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import json
 import os
-import shutil
 import socket
 import sys
 from collections.abc import Callable
@@ -15,11 +14,9 @@ from typing import Any, TypeVar
 import click
 
 from agent import __version__
-from agent.cli.containment_options import (
-    CONTAINMENT_PARAMS,
-    containment_config,
-    containment_options,
-)
+from agent.cli.bake import POLLER_PARAMS, WORKER_PARAMS, agent_executable, to_argv
+from agent.cli.containment_options import containment_config, containment_options
+from agent.cli.fleet_options import fleet_options, heartbeat_seconds
 from agent.cli.options import (
     auth_string,
     cloud_logs,
@@ -116,6 +113,8 @@ def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
         retention=p["retention"],
         stranded_after=_stranded_after(os.environ.get("AGENT_STRANDED_AFTER_SECONDS")),
         crash_after_claim=os.environ.get("AGENT_TEST_CRASH_AFTER_CLAIM") == "1",
+        reap_after=p["reap_after"],
+        heartbeat_seconds=heartbeat_seconds(os.environ.get("AGENT_HEARTBEAT_SECONDS")),
     )
 
 
@@ -142,6 +141,7 @@ def _stranded_after(value: str | None) -> float:
 @local.command()
 @common_options
 @poller_options
+@fleet_options
 @click.option(
     "--print-config",
     is_flag=True,
@@ -226,56 +226,10 @@ def _crash_loop_threshold(value: str | None) -> int:
     return count
 
 
-# Settings `install` bakes into each program's command line when they were given to it
-# (flag or environment); values from --config stay in that file, which is referenced.
-SHARED_PARAMS = ("api", "spool", "api_retry_seconds", "log_level", "log_format")
-POLLER_PARAMS = (
-    *SHARED_PARAMS,
-    *("pool", "work_queues", "name", "labels", "import_paths", "show_flow_logs"),
-    *("hostname_label", "no_cloud_logs", "agent_config_id", "agent_config_refresh"),
-    *("max_polls", "agent_address", "retention"),
-)
-WORKER_PARAMS = (
-    *SHARED_PARAMS,
-    *("pool", "flow_python", "flow_log_max_bytes", "cancel_grace_seconds"),
-    *CONTAINMENT_PARAMS,
-)
-
-
-def to_argv(ctx: click.Context, names: tuple[str, ...]) -> list[str]:
-    """The flags that reproduce what the user gave `install` for these parameters."""
-    argv: list[str] = []
-    options = {p.name: p for p in ctx.command.params if isinstance(p, click.Option)}
-    for name in names:
-        if source(ctx, name) not in ("flag", "env"):
-            continue
-        option, value = options[name], ctx.params[name]
-        flag = max(option.opts, key=len)
-        if name == "agent_address":
-            argv += [flag, f"http://{value[0]}:{value[1]}"]
-        elif option.secondary_opts:  # --x/--no-x
-            argv.append(flag if value else max(option.secondary_opts, key=len))
-        elif option.is_flag:
-            argv += [flag] if value else []
-        elif option.multiple:
-            for item in value:
-                argv += [flag, str(item)]
-        else:
-            argv += [flag, str(value)]
-    return argv
-
-
-def agent_executable() -> str:
-    """The `agent` script of this installation (the venv's, when run from one)."""
-    found = shutil.which("agent", path=os.path.dirname(sys.executable)) or shutil.which("agent")
-    if not found:
-        raise ConfigError("cannot find the `agent` command on PATH to write into the config")
-    return os.path.abspath(found)
-
-
 @local.command()
 @common_options
 @poller_options
+@fleet_options
 @worker_options
 @containment_options
 @click.option(

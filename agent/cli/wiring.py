@@ -119,7 +119,8 @@ def containment(config: ContainmentConfig, spool_root: Path) -> Contain:
     )
     level = logging.INFO if found.version != "none" or config.mode == "off" else logging.WARNING
     log.log(level, "containment: %s (--containment %s)", found.describe(), config.mode)
-    containment_state.record(spool_root, found.version, found.reason, config.mode)
+    where = [p for p in [found.v2, *found.v1.values()] if p is not None]
+    containment_state.record(spool_root, found.version, found.reason, config.mode, where)
     return Contain(config, found)
 
 

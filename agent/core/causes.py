@@ -30,11 +30,11 @@ class Death:
     text: str  # "was killed by the OOM killer at its memory limit of 128MiB"
 
 
-def signal_name(number: int) -> str:
+def signal_name(number: int) -> str | None:
     try:
         return signal.Signals(number).name
     except ValueError:
-        return f"signal {number}"
+        return None  # a real-time signal, say
 
 
 def exit_text(returncode: int | None, error: str | None) -> str:
@@ -44,7 +44,10 @@ def exit_text(returncode: int | None, error: str | None) -> str:
     if returncode is None:
         return "exited without recording an exit status"
     if returncode < 0:
-        return f"was terminated by signal {signal_name(-returncode)} ({-returncode})"
+        name = signal_name(-returncode)
+        if name is None:
+            return f"was terminated by signal {-returncode}"
+        return f"was terminated by signal {name} ({-returncode})"
     return f"exited with status code {returncode}"
 
 
@@ -72,7 +75,8 @@ def classify(
         # of a failed allocation first; either way the limit is what ended it.
         at = f" at its memory limit of {memory_limit}" if memory_limit else ""
         return Death(Cause.OOM, f"was killed by the OOM killer{at} ({plain})")
-    if lost or (returncode is None and not error):
+    if lost or returncode is None:
+        # No exit status: the shim or the spool lost it, whatever else is known.
         return Death(Cause.LOST, plain)
     if returncode is not None and returncode < 0:
         return Death(Cause.SIGNAL, plain)

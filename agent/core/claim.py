@@ -46,3 +46,10 @@ def interpret(answer: StateAnswer, transition_id: str) -> ClaimResult:
     if answer.status is Answer.WAIT:
         return ClaimResult(Claim.WAIT, answer.reason, answer.delay)
     return ClaimResult(Claim.TAKEN, answer.reason or "claimed by another agent")
+
+
+# The labels a claim puts on its run: which agent, pool and host hold it. The stranded
+# duty finds this host's own runs by them, the reap duty another host's.
+WORKER_LABEL = "prefect.worker.name"
+POOL_LABEL = "prefect.work-pool.name"
+HOST_LABEL = "local-agent.host"

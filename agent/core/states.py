@@ -55,6 +55,7 @@ class RunState:
     message: str = ""
     timestamp: float | None = None  # seconds since the epoch
     transition_id: str | None = None  # state_details.transition_id: who proposed it
+    id: str | None = None  # this state's own id: tells one Running from the next
 
     def is_(self, *types: StateType) -> bool:
         return self.type in types

@@ -170,6 +170,12 @@ WORKER_CRASHES = Counter(
     # Every worker exports its own at 0 from its start, so increase() sees the first exit.
     ["worker"],
 )
+# No labels: exported at 0 from every process's start.
+REAPED = Counter(
+    "agent_flow_runs_reaped_total",
+    "Flow runs of another host marked Crashed by this agent because that host's agent "
+    "sent no heartbeat for --reap-after (host loss)",
+)
 # No labels: it is exported at 0 from every process's start.
 QUARANTINED = Counter(
     "agent_specs_quarantined_total",

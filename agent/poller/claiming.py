@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from agent.core import lifecycle
-from agent.core.claim import Claim
+from agent.core.claim import HOST_LABEL, POOL_LABEL, WORKER_LABEL, Claim
 from agent.core.errors import (
     ApiError,
     ConfigError,
@@ -41,9 +41,6 @@ log = logging.getLogger(__name__)
 
 # Labels the poller puts on every run it claims: the stranded look and a fleet's reaper
 # find a host's runs by them.
-WORKER_LABEL = "prefect.worker.name"
-POOL_LABEL = "prefect.work-pool.name"
-HOST_LABEL = "local-agent.host"
 # What the server answers, at pool set-up, to a name it will not take (a bad path, a
 # name it fails to validate).
 POOL_REFUSED = frozenset({400, 405, 422})

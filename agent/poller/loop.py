@@ -31,6 +31,7 @@ from agent.poller.cancellation import Cancellations
 from agent.poller.claiming import Claiming, crash_after_claim
 from agent.poller.duty import Duty, outage_started_this_round, run_due
 from agent.poller.outage import Outage
+from agent.poller.reaper import Reaper
 from agent.poller.retention import RETAIN, Retention
 from agent.poller.settle import Settle
 from agent.poller.shared import Shared
@@ -81,6 +82,15 @@ class Poller:
                 self.stranded.run,
                 every=defaults.STRANDED_CHECK_SECONDS,
                 retry=defaults.STRANDED_RETRY_SECONDS,
+            ),
+            Duty(
+                "lost hosts",
+                Reaper(self.s).run,
+                every=defaults.REAP_CHECK_SECONDS,
+                retry=defaults.REAP_CHECK_SECONDS,
+                enabled=lambda: self.s.config.reap_after > 0,
+                # One period after start: this agent's own heartbeat goes first.
+                next_at=time.monotonic() + defaults.REAP_CHECK_SECONDS,
             ),
             Duty(
                 "cancellations",

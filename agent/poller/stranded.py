@@ -20,12 +20,16 @@ import uuid
 
 from agent.core import lifecycle
 from agent.core.causes import Cause
+from agent.core.claim import HOST_LABEL, WORKER_LABEL
 from agent.core.errors import NotFoundError
 from agent.core.spec import dumps
 from agent.core.states import Deployment, FlowRun, StateType
 from agent.observe.logs import run_context
-from agent.poller.claiming import HOST_LABEL, WORKER_LABEL, Claiming
+from agent.poller.claiming import Claiming
+from agent.poller.shared import Shared
 from agent.settings import defaults
+from agent.spool import containment_state
+from agent.worker.cgroups import holds_run
 from agent.worker.procid import runs_flow
 
 log = logging.getLogger(__name__)
@@ -51,22 +55,7 @@ class Stranded:
     def ours(self) -> list[FlowRun]:
         """Runs of this pool in Pending or Running that carry this agent's and this
         host's labels. The server cannot filter on labels: that part is done here."""
-        found: list[FlowRun] = []
-        offset = 0
-        while True:
-            body = {
-                "flow_runs": {"state": {"type": {"any_": [t.value for t in LIVE]}}},
-                "work_pools": {"name": {"any_": [self.s.config.pool]}},
-                "sort": "ID_DESC",
-                "limit": defaults.STRANDED_PAGE,
-                "offset": offset,
-            }
-            page = self.s.client.filter_flow_runs(body)
-            found.extend(run for run in page if self.candidate(run))
-            # Runs changing state between pages may be skipped: the next look finds them.
-            if len(page) < defaults.STRANDED_PAGE:
-                return found
-            offset += len(page)
+        return [run for run in live_runs(self.s) if self.candidate(run)]
 
     def candidate(self, flow_run: FlowRun) -> bool:
         """Labelled for this agent and host. The state and pool are checked again: a
@@ -88,7 +77,9 @@ class Stranded:
             return
         if state.timestamp is None or now - state.timestamp < self.s.config.stranded_after:
             return  # a claim of a moment ago (a future time: clocks disagree; wait too)
-        if runs_flow(run_id):
+        # A process of the run: found by its environment, or in its cgroup (which also
+        # holds what the flow started with another environment).
+        if runs_flow(run_id) or holds_run(containment_state.roots(self.s.spool.root), run_id):
             log.warning(
                 "flow run %s is %s with no spec in the spool, but a process on this host "
                 "runs it: left alone",
@@ -134,3 +125,24 @@ class Stranded:
             run_id, lifecycle.crashed(message), cloud_logs=config.cloud_logs
         )
         self.s.reporter.finished(reported.shown, Cause.LOST)
+
+
+def live_runs(s: Shared) -> list[FlowRun]:
+    """Every run of this pool in Pending or Running, page by page (the stranded and the
+    reap duties both look through them)."""
+    found: list[FlowRun] = []
+    offset = 0
+    while True:
+        body = {
+            "flow_runs": {"state": {"type": {"any_": [t.value for t in LIVE]}}},
+            "work_pools": {"name": {"any_": [s.config.pool]}},
+            "sort": "ID_DESC",
+            "limit": defaults.STRANDED_PAGE,
+            "offset": offset,
+        }
+        page = s.client.filter_flow_runs(body)
+        found.extend(page)
+        # Runs changing state between pages may be skipped: the next look finds them.
+        if len(page) < defaults.STRANDED_PAGE:
+            return found
+        offset += len(page)

@@ -97,6 +97,7 @@ class PollerConfig:
     # right after a claim is accepted, before its spec is published.
     crash_after_claim: bool = False
     containment: ContainmentConfig = field(default_factory=ContainmentConfig)
+    reap_after: float = defaults.REAP_AFTER_SECONDS  # 0: off
 
 
 @dataclass(frozen=True)

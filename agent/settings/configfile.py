@@ -37,6 +37,10 @@ def _int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+def _count(v: Any) -> bool:
+    return _int(v) and v >= 0
+
+
 def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
@@ -84,6 +88,7 @@ KEYS: dict[str, Key] = {
     "hostname-label": Key("hostname_label", _bool, "true or false"),
     "max-polls": Key("max_polls", _int, "an integer"),
     "retention": Key("retention", _duration, "a duration (7d, 12h, 30m, 90s) or seconds"),
+    "reap-after": Key("reap_after", _duration, "a duration (10m, 90s), seconds, or 0"),
     "agent-address": Key("agent_address", _str, "a string (http://HOST:PORT)"),
     "agent-config-id": Key("agent_config_id", _str, "a string (variable name or id)"),
     "agent-config-refresh": Key("agent_config_refresh", _number, "a number of seconds"),
@@ -96,7 +101,7 @@ KEYS: dict[str, Key] = {
     "cancel-grace-seconds": Key("cancel_grace_seconds", _number, "a number of seconds"),
     "containment": Key("containment", _one_of(*CONTAINMENT_MODES), "strict, best-effort or off"),
     "cgroup-root": Key("cgroup_root", _str, "a string (path)"),
-    "crash-tail-lines": Key("crash_tail_lines", _int, "an integer"),
+    "crash-tail-lines": Key("crash_tail_lines", _count, "a whole number >= 0"),
 }
 # --default-memory-limit ... --max-timeout-seconds: checked in full by their own parser.
 for _kind in ("default", "max"):

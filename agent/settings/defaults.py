@@ -29,6 +29,11 @@ POLL_INTERVAL_MAX = 10.0
 PREFETCH_SECONDS = 10.0
 POLL_LIMIT = 200  # runs asked per poll; labels are filtered here, so leave headroom
 HEARTBEAT_SECONDS = 30.0  # the server marks a worker offline after 3 missed beats
+# Host loss (agent/core/reap.py): another agent's runs are marked Crashed once its
+# heartbeat has been silent this long; the check runs every REAP_CHECK_SECONDS (one read
+# of the pool's workers; the pool's runs only when some agent is silent).
+REAP_AFTER_SECONDS = 600.0
+REAP_CHECK_SECONDS = 10.0
 LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks for freed workers
 
 # Worker.

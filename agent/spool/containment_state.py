@@ -16,8 +16,16 @@ STATE_FILE = "containment.json"
 FIELDS = ("version", "reason", "mode")
 
 
-def record(spool_root: Path, version: str, reason: str, mode: str) -> None:
-    body = {"version": version, "reason": reason, "mode": mode}
+def record(
+    spool_root: Path, version: str, reason: str, mode: str, roots: list[Path] | None = None
+) -> None:
+    """``roots``: where the runs' cgroups are (one per hierarchy), for the poller."""
+    body = {
+        "version": version,
+        "reason": reason,
+        "mode": mode,
+        "roots": [str(r) for r in roots or []],
+    }
     try:
         spool_root.mkdir(mode=0o700, parents=True, exist_ok=True)  # a worker may start first
         replace_file_durably(spool_root / STATE_FILE, json.dumps(body).encode())
@@ -31,3 +39,10 @@ def read(spool_root: Path) -> dict[str, str] | None:
     if not body:
         return None
     return {k: str(body.get(k, "")) for k in FIELDS}
+
+
+def roots(spool_root: Path) -> list[Path]:
+    """Where the workers put the runs' cgroups; empty without containment."""
+    body = read_json_object(spool_root / STATE_FILE) or {}
+    found = body.get("roots")
+    return [Path(r) for r in found if isinstance(r, str)] if isinstance(found, list) else []

@@ -126,6 +126,7 @@ def detect(
     v2_mount = next((m for m in mounts if m.fstype == "cgroup2"), None)
     v1_mounts = {c: m for m in mounts if m.fstype == "cgroup" for c in m.controllers}
     if root is not None:
+        root = Path(os.path.abspath(root))  # "x" or ".." would not map into other trees
         holder = _holder(root, mounts)
         if holder is None:
             return Containment("none", f"--cgroup-root {root} is not in a cgroup filesystem")
@@ -250,3 +251,13 @@ def _read(path: Path) -> str:
         return path.read_text()
     except OSError:
         return ""
+
+
+def holds_run(roots: list[Path], run_id: str) -> bool:
+    """Whether a process of this flow run (any claim) is in its cgroup under ``roots``:
+    what reconcile asks before it calls a run without a spec stranded."""
+    for root in roots:
+        for directory in root.glob(f"run-{run_id}-*"):
+            if _read(directory / "cgroup.procs").split():
+                return True
+    return False

@@ -41,6 +41,12 @@ class Ending:
     usage: Usage
     timeout: float | None = None  # the timeout_seconds it exceeded
 
+    def describe(self, took: float | None = None) -> str:
+        """How the process ended, how long it ran, and what it used."""
+        after = f" after {took:.1f}s" if took is not None else ""
+        used = usage_text(self.usage)
+        return f"{self.death.text}{after}{f'; {used}' if used else ''}"
+
 
 class Contain:
     def __init__(self, config: ContainmentConfig, found: Containment) -> None:
@@ -105,6 +111,16 @@ class Contain:
         if usage.cpu_seconds is not None:
             metrics.CPU_SECONDS.observe(usage.cpu_seconds)
         return Ending(death, usage, limits.timeout if timed_out else None)
+
+    def flight_record(self, run_dir: Path, secrets: list[str]) -> str:
+        """The run-log message with the run's last output lines ("" when none); the
+        agent's credential and --env values are masked (the flow may print them)."""
+        tail = self.tail(run_dir)
+        for secret in sorted((x for x in secrets if len(x) >= 4), key=len, reverse=True):
+            tail = tail.replace(secret, "***")
+        if not tail:
+            return ""
+        return f"Last {len(tail.splitlines())} lines of the flow run's output:\n{tail}"
 
     def tail(self, run_dir: Path) -> str:
         """The last ``crash_tail_lines`` lines of the run's output ("" when none)."""

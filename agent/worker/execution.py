@@ -34,17 +34,17 @@ from agent.core.jobvars import validate_job_variables
 from agent.core.lifecycle import After, Cancel, Proposal, Start
 from agent.core.limits import Limits
 from agent.core.spec import JobSpec
-from agent.core.states import FlowRun, RunState, StateType
+from agent.core.states import RunState, StateType
 from agent.observe import metrics
-from agent.settings import defaults
 from agent.settings.config import WorkerConfig
 from agent.spool.moves import CUR, Lease, Spool
 from agent.spool.takes import Takes
 from agent.worker.adopt import LOST_MESSAGE, Found, classify
 from agent.worker.cgroups import NONE_DISABLED
-from agent.worker.contain import Contain, Ending, Plan, usage_text
+from agent.worker.contain import Contain, Ending, Plan
 from agent.worker.launcher import ExitStatus, Launcher, RunHandle, read_status
 from agent.worker.procid import ProcessId
+from agent.worker.reading import UNREAD, CancelAsked, RunReader, Unread
 from agent.worker.runcgroup import RunCgroup
 from agent.worker.stopping import Stopper, Stopping
 
@@ -59,17 +59,6 @@ class Settled:
     note: str
     shown: StateType | None = None
     cause: Cause = Cause.NOT_STARTED
-
-
-class _Unread:
-    """The run could not be read because the worker is stopping."""
-
-
-class _Cancel:
-    """The poller asked for the run to be stopped before it could be read."""
-
-
-UNREAD, CANCEL = _Unread(), _Cancel()
 
 
 class Execution:
@@ -96,6 +85,7 @@ class Execution:
         self.who = f"agent worker {config.worker_id}"
         self.contain = contain or Contain(config.containment, NONE_DISABLED)
         self.stopper = Stopper(config, spool, self._run_log)
+        self.reader = RunReader(client, spool, stop)
 
     # -- a run taken from new/ ---------------------------------------------------------
 
@@ -163,17 +153,17 @@ class Execution:
         )
         return build_argv(job.command, self.config.flow_python), env, cwd, plan
 
-    def _before_start(self, spec: JobSpec) -> Settled | _Unread | None:
+    def _before_start(self, spec: JobSpec) -> Settled | Unread | None:
         """How the run was settled without starting, or None to start it."""
         run_id = spec.flow_run_id
-        flow_run = self._read(spec, "start", cancellable=True)
-        if isinstance(flow_run, _Unread):
+        flow_run = self.reader.read(spec, "start", cancellable=True)
+        if isinstance(flow_run, Unread):
             log.info("stopping: flow run %s, not started, is left to the next worker", run_id)
             return UNREAD
-        if isinstance(flow_run, _Cancel):
+        if isinstance(flow_run, CancelAsked):
             message = f"Cancelled by {self.who} before it started"
             return self._propose(spec, lifecycle.cancelled(message), "cancelled")
-        gone = flow_run is not None and self._deployment_gone(flow_run.deployment_id)
+        gone = flow_run is not None and self.reader.deployment_gone(flow_run.deployment_id)
         decision = lifecycle.before_start(flow_run, spec.transition_id, gone, self.who)
         if decision.action is Start.START:
             return None
@@ -183,17 +173,6 @@ class Execution:
         self._run_log(spec, f"Not started by {self.who}: {decision.why}")
         kind = flow_run.state_type if flow_run else None
         return Settled(kind.lower() if kind else "not started", kind)
-
-    def _deployment_gone(self, deployment_id: str | None) -> bool:
-        if not deployment_id:
-            return False
-        try:
-            self.client.read_deployment(deployment_id)
-        except NotFoundError:
-            return True
-        except ApiError as exc:  # the engine will say what it finds
-            log.warning("cannot read deployment %s: %s", deployment_id, exc)
-        return False
 
     def _watch(
         self,
@@ -245,16 +224,10 @@ class Execution:
         cancelled = stopping is not None and stopping.stage is Cancel.SIGNALLED
         timed_out = stopping is not None and stopping.timed_out
         ending = self.contain.end(cgroup, status, limits, timed_out, cancelled, lost)
-        death, run_id = ending.death, spec.flow_run_id
-        used = usage_text(ending.usage)
-        log.info("flow run %s process %s%s", run_id, death.text, f" ({used})" if used else "")
+        log.info("flow run %s process %s", spec.flow_run_id, ending.describe())
         quiet = status.returncode == 0 or (stopping is not None and not timed_out)
-        after = f" after {took:.1f}s" if took is not None else ""
-        self._run_log(
-            spec,
-            f"Process {death.text}{after}{f'; {used}' if used else ''}",
-            logging.INFO if quiet else logging.WARNING,
-        )
+        level = logging.INFO if quiet else logging.WARNING
+        self._run_log(spec, f"Process {ending.describe(took)}", level)
         return ending
 
     # -- after the process ended ----------------------------------------------------------
@@ -266,7 +239,7 @@ class Execution:
         stopping: Stopping | None,
         restarts: int,
         run_dir: Path,
-    ) -> Settled | _Restart | _Unread:
+    ) -> Settled | _Restart | Unread:
         """Read the run and do what `lifecycle.after_exit` says."""
         run_id = spec.flow_run_id
         cause = ending.death.cause
@@ -285,8 +258,8 @@ class Execution:
                 log.error("flow run %s: cannot read its state: %s", run_id, exc)
                 api_away = True
         else:
-            flow_run = self._read(spec, "settle")
-            if isinstance(flow_run, (_Unread, _Cancel)):  # not cancellable: only _Unread
+            flow_run = self.reader.read(spec, "settle")
+            if isinstance(flow_run, (Unread, CancelAsked)):  # not cancellable: only Unread
                 log.info("stopping: flow run %s, ended, is left to the next worker", run_id)
                 return UNREAD
             if flow_run is None:
@@ -325,48 +298,11 @@ class Execution:
 
     def _flight_recorder(self, spec: JobSpec, run_dir: Path) -> None:
         """The last lines of a run that died go to its Prefect log: whoever opens the
-        run sees why without logging in to the host. Known secrets are masked."""
-        tail = self.contain.tail(run_dir)
-        if not tail:
-            return
+        run sees why without logging in to the host."""
         secrets = [*self.config.api.secret_env().values(), *spec.env_vars.values()]
-        for secret in sorted((x for x in secrets if len(x) >= 4), key=len, reverse=True):
-            tail = tail.replace(secret, "***")
-        count = len(tail.splitlines())
-        self._run_log(
-            spec, f"Last {count} lines of the flow run's output:\n{tail}", logging.WARNING
-        )
-
-    def _read(
-        self, spec: JobSpec, when: str, cancellable: bool = False
-    ) -> FlowRun | _Unread | _Cancel | None:
-        """The run as Prefect shows it (None: deleted), waiting while the API is away
-        (probing every second); UNREAD if the worker stops meanwhile. ``cancellable``:
-        the poller's cancel request (it saw Cancelling before the outage) ends the wait
-        with CANCEL."""
-        run_id = spec.flow_run_id
-        waiting_since: float | None = None
-        while True:
-            if cancellable and self.spool.cancel_requested(run_id, spec.transition_id):
-                return CANCEL
-            try:
-                flow_run = self.client.read_flow_run(run_id, deadline=0.0)
-                break
-            except NotFoundError:
-                log.warning("flow run %s no longer exists in Prefect", run_id)
-                return None
-            except ApiError as exc:
-                if waiting_since is None:
-                    waiting_since = time.monotonic()
-                    log.warning(
-                        "flow run %s waits for the Prefect API to %s: %s", run_id, when, exc
-                    )
-            if self._stop.wait(defaults.API_PROBE_SECONDS):
-                return UNREAD
-        if waiting_since is not None:
-            waited = time.monotonic() - waiting_since
-            log.info("the Prefect API answers again after %.0fs: %s %s", waited, when, run_id)
-        return flow_run
+        message = self.contain.flight_record(run_dir, secrets)
+        if message:
+            self._run_log(spec, message, logging.WARNING)
 
     def _propose(self, spec: JobSpec, proposal: Proposal, note: str, send: bool = True) -> Settled:
         reported = self.reporter.propose(

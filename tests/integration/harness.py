@@ -213,8 +213,11 @@ class PrefectServer:
     test can stop and start again on the same port and home (the SQLite database is in
     the home, so its data persists). Stopping kills the server's process group by pid."""
 
-    def __init__(self, home: Path, auth: str, port: int | None = None) -> None:
+    def __init__(
+        self, home: Path, auth: str, port: int | None = None, database: str | None = None
+    ) -> None:
         self.home, self.auth = home, auth
+        self.database = database  # a PostgreSQL URL; None: SQLite in the home
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.proc: subprocess.Popen[bytes] | None = None
@@ -229,6 +232,8 @@ class PrefectServer:
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "PREFECT_API_URL": "",
         }
+        if self.database:
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.database
         with open(self.home / "server.log", "ab") as log:
             proc = self.proc = subprocess.Popen(
                 [
@@ -279,9 +284,10 @@ class PrefectServer:
 
 
 @contextlib.contextmanager
-def prefect_server(home: Path, auth: str) -> Iterator[str]:
-    """A real Prefect 3.8.8 server on a free loopback port with its own PREFECT_HOME."""
-    server = PrefectServer(home, auth)
+def prefect_server(home: Path, auth: str, database: str | None = None) -> Iterator[str]:
+    """A real Prefect 3.8.8 server on a free loopback port with its own PREFECT_HOME
+    (and, with ``database``, on that PostgreSQL database)."""
+    server = PrefectServer(home, auth, database=database)
     try:
         yield server.start()
     finally:

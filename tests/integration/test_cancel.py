@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from agent.worker.procid import ProcessId
 from examples import demo
 from tests.integration.conftest import Agent, executions
@@ -63,6 +65,7 @@ def start_running(
     return run_id, flow_id
 
 
+@pytest.mark.backends
 def test_running_run_cancelled_in_prefect_is_stopped_and_marked_cancelled(
     agent: Agent, marker: Path
 ) -> None:

@@ -99,7 +99,7 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
     assert body == {
         "healthy": True,
         "reasons": {},
-        "checks": {"api": True, "poll": True, "workers": True, "spool": True},
+        "checks": {"api": True, "poll": True, "workers": True, "spool": True, "containment": True},
     }
 
     result = sup.ctl("stop", "agent-worker:*")
@@ -109,7 +109,13 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
     assert status["agent-worker:agent-worker_00"] == "STOPPED", status
 
     body = wait_health(address, 503, 15, "503 with no worker alive")
-    assert body["checks"] == {"api": True, "poll": True, "workers": False, "spool": True}
+    assert body["checks"] == {
+        "api": True,
+        "poll": True,
+        "workers": False,
+        "spool": True,
+        "containment": True,
+    }
     assert list(body["reasons"]) == ["workers"]
     # Stopped cleanly, the workers left no entries: none is live, none is dead.
     assert body["reasons"]["workers"] == "no live worker process (0 dead)"
@@ -219,7 +225,13 @@ def test_health_503_while_the_api_is_down_then_200(agent: Agent, own_server: Pre
     )
     reason = body["reasons"]["poll"]
     assert re.fullmatch(rf"no successful poll for \d+s \(limit 30s\): .*cannot reach {url}", reason)
-    assert body["checks"] == {"api": False, "poll": False, "workers": True, "spool": True}
+    assert body["checks"] == {
+        "api": False,
+        "poll": False,
+        "workers": True,
+        "spool": True,
+        "containment": True,
+    }
     # It kept answering, and fast, all the while the API was down.
     assert max(latencies) < 1.0, max(latencies)
     assert len(latencies) > 20
@@ -282,7 +294,13 @@ def test_health_503_when_the_spool_is_read_only_then_200(
     remount(spoolfs, "ro")
     body = wait_health(address, 503, 5, "503 for the read-only spool")
     assert list(body["reasons"]) == ["spool"]
-    assert body["checks"] == {"api": True, "poll": True, "workers": True, "spool": False}
+    assert body["checks"] == {
+        "api": True,
+        "poll": True,
+        "workers": True,
+        "spool": False,
+        "containment": True,
+    }
     assert body["reasons"]["spool"].startswith(f"spool {spool}: ")
     # From the next tick on, the write probe's own words.
     poke(address)

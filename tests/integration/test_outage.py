@@ -17,6 +17,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from agent.api.client import PrefectClient
 from agent.settings.config import ApiSettings
 from examples import demo
@@ -63,6 +65,7 @@ def outbox(agent: Agent) -> list[str]:
     return sorted(p.name for p in folder.glob("*.json")) if folder.exists() else []
 
 
+@pytest.mark.backends
 def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
     agent: Agent, own_server: PrefectServer, marker: Path
 ) -> None:

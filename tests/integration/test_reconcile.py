@@ -9,6 +9,8 @@ import socket
 import uuid
 from pathlib import Path
 
+import pytest
+
 from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
@@ -32,6 +34,7 @@ def claim_as_the_poller(agent: Agent, run_id: str, host: str, name: str = NAME) 
     return transition_id
 
 
+@pytest.mark.backends
 def test_stranded_runs_are_run_once_if_never_started_else_reported_crashed(
     agent: Agent, marker: Path
 ) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import wait_for
@@ -33,6 +35,7 @@ def test_run_needing_gpu_goes_only_to_an_agent_with_that_label(agent: Agent, mar
     assert labels["prefect.worker.name"] == "gpu-box"
 
 
+@pytest.mark.backends
 def test_two_agents_on_one_pool_run_each_run_exactly_once(agent: Agent, marker: Path) -> None:
     deployment = agent.deploy("record")
     for side in ("a", "b"):

@@ -214,6 +214,8 @@ def test_header_says_what_it_is_and_how_to_start_and_stop(tmp_path: Path) -> Non
     # The repository's per-setting reasons are kept.
     assert "an operator" in text and "78: bad configuration" in text
     assert "never kills a running flow" in text
+    # Why the systemd unit needs Delegate=yes: the runs' cgroups are the agent's.
+    assert "Delegate=yes" in one_line(header) and "cgroup below the agent's own" in one_line(header)
 
 
 def test_omitted_secrets_are_named_with_where_to_put_them(tmp_path: Path) -> None:

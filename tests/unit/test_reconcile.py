@@ -24,6 +24,7 @@ from agent.core.spec import JobSpec, loads
 from agent.poller.loop import Poller
 from agent.settings import defaults
 from agent.settings.config import ApiSettings, PollerConfig
+from agent.spool import containment_state
 from agent.spool.moves import CUR, DONE, FAILED, NEW, RUNS, TMP, Spool
 from agent.worker import procid
 from tests.unit.test_health import FakeRegistry
@@ -384,6 +385,23 @@ def test_a_run_a_live_process_on_this_host_runs_is_left_alone(
     world.poller.stranded.run()
     assert world.client.named("set_flow_run_state") == []
     assert world.spool.contains(run_id) is None
+
+
+@pytest.mark.parametrize("held", [True, False])
+def test_a_running_run_whose_cgroup_holds_a_process_is_left_alone(
+    world: World, tmp_path: Path, held: bool
+) -> None:
+    """Where runs have cgroups, a process in the run's cgroup (one that changed its
+    environment, say) keeps the run alive: it is not reported Crashed."""
+    run_id = world.add(state_type="RUNNING", transition_id=None)
+    root = tmp_path / "cgroups" / "local-agent"
+    run_cgroup = root / f"run-{run_id}-0123abcd"
+    run_cgroup.mkdir(parents=True)
+    (run_cgroup / "cgroup.procs").write_text("4242\n" if held else "")
+    containment_state.record(world.spool.root, "v2", "test", "strict", [root])
+    world.poller.stranded.run()
+    crashed = world.client.named("set_flow_run_state")
+    assert (crashed == []) is held
 
 
 # -- the query and when it runs -----------------------------------------------------------

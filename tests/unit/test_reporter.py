@@ -554,3 +554,24 @@ def test_delivery_sends_pid_and_log_reports_without_reading_the_run(
     outbox.put(Report(LOGS, entries=[{"message": "x"}]))
     assert reporter.deliver() == 2
     assert [c[0] for c in api.calls] == ["update_flow_run", "create_logs"]
+
+
+def test_a_kept_proposal_keeps_its_transition_id_when_read_back_and_delivered(
+    reporter: Reporter, api: FakeApi, outbox: Outbox
+) -> None:
+    """The reap duty's Crashed carries a transition id so that two reapers of one run
+    propose the same transition (Prefect rejects the second as a duplicate): kept in the
+    outbox while the API is down, it must come back and go out with that id."""
+    proposal = lifecycle.Proposal(
+        StateType.CRASHED, "Crashed", "host h1 lost", transition_id="tid-reap-r1-s1"
+    )
+    api.errors["set_flow_run_state"] = TransientApiError("set_flow_run_state", "timed out")
+    assert reporter.propose(RUN, proposal, settles=False, cloud_logs=False).kept
+    [report] = kept(outbox)
+    assert report.state is not None
+    assert report.state["state_details"] == {"transition_id": "tid-reap-r1-s1"}
+    assert proposal_from(report.state, report.force) == proposal
+    del api.errors["set_flow_run_state"]
+    assert reporter.deliver() == 1
+    [_, (_, _, body)] = api.named("set_flow_run_state")
+    assert body["state"]["state_details"] == {"transition_id": "tid-reap-r1-s1"}
