@@ -98,8 +98,10 @@ def counters(agent: Agent) -> dict[str, float]:
     return {
         "claimed": found.get(("agent_flow_runs_claimed_total", ()), 0.0),
         "started": found.get(("agent_flow_runs_started_total", ()), 0.0),
-        "completed": found.get(
-            ("agent_flow_runs_finished_total", (("outcome", "completed"),)), 0.0
+        "completed": sum(
+            value
+            for (name, labels), value in found.items()
+            if name == "agent_flow_runs_finished_total" and ("outcome", "completed") in labels
         ),
         "durations": found.get(("agent_flow_run_duration_seconds_count", ()), 0.0),
     }
@@ -229,9 +231,10 @@ def test_prometheus_scrapes_true_counts_across_workers(
         'up{job="local-agent"}': [1.0],
         "agent_flow_runs_claimed_total": [8.0],
         "agent_flow_runs_started_total": [8.0],
-        'agent_flow_runs_finished_total{outcome="completed"}': [6.0],
-        'agent_flow_runs_finished_total{outcome="failed"}': [1.0],
-        'agent_flow_runs_finished_total{outcome="crashed"}': [1.0],
+        # By what Prefect shows and what ended the process: all three exited with a code.
+        'agent_flow_runs_finished_total{outcome="completed",cause="exit_code"}': [6.0],
+        'agent_flow_runs_finished_total{outcome="failed",cause="exit_code"}': [1.0],
+        'agent_flow_runs_finished_total{outcome="crashed",cause="exit_code"}': [1.0],
         "sum(agent_flow_runs_finished_total)": [8.0],
         "agent_flow_run_duration_seconds_count": [8.0],
         "agent_flow_run_start_delay_seconds_count": [8.0],
