@@ -147,6 +147,7 @@ def work_pool(call: str, body: object) -> WorkPool:
         name=_text(raw.get("name")),
         type=_text(raw.get("type")),
         base_job_template=dict(template) if isinstance(template, Mapping) else {},
+        id=raw["id"] if isinstance(raw.get("id"), str) else None,
     )
 
 

@@ -1,5 +1,6 @@
-"""Options for running many hosts on one Prefect server: --reap-after (host loss), and
-the heartbeat period behind it (a hidden setting tests shorten)."""
+"""Options for how the poller keeps up with the server and the other hosts:
+--events/--no-events (push wake-ups), --reap-after (host loss) and the heartbeat period
+behind it (a hidden setting tests shorten)."""
 
 from __future__ import annotations
 
@@ -32,6 +33,15 @@ def _reap_after(_ctx: click.Context, _param: click.Parameter, value: Any) -> flo
 
 
 def fleet_options(func: F) -> F:
+    func = click.option(
+        "--events/--no-events",
+        default=True,
+        show_default=True,
+        envvar="AGENT_EVENTS",
+        show_envvar=True,
+        help="Subscribe to Prefect's events stream, so that a new run or a cancellation "
+        "wakes the poller at once; polling goes on either way.",
+    )(func)
     return click.option(
         "--reap-after",
         default="10m",
@@ -45,15 +55,16 @@ def fleet_options(func: F) -> F:
     )(func)
 
 
-def heartbeat_seconds(value: str | None) -> float:
-    """Hidden setting AGENT_HEARTBEAT_SECONDS (tests shorten it so that a lost host is
-    seen in seconds): how often the poller sends the pool's worker heartbeat."""
+def hidden_seconds(name: str, value: str | None, default: float) -> float:
+    """A hidden setting in seconds (> 0): AGENT_HEARTBEAT_SECONDS (tests shorten it so a
+    lost host is seen in seconds), AGENT_POLL_INTERVAL_MAX (tests lengthen it to show a
+    push wake-up is not a poll)."""
     if value is None or not value.strip():
-        return defaults.HEARTBEAT_SECONDS
+        return default
     try:
         seconds = float(value)
     except ValueError:
         seconds = 0.0
-    if not seconds > 0:
-        raise ConfigError(f"AGENT_HEARTBEAT_SECONDS {value!r}: expected seconds > 0")
+    if not 0 < seconds < float("inf"):
+        raise ConfigError(f"{name} {value!r}: expected seconds > 0")
     return seconds

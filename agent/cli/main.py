@@ -16,7 +16,7 @@ import click
 from agent import __version__
 from agent.cli.bake import POLLER_PARAMS, WORKER_PARAMS, agent_executable, to_argv
 from agent.cli.containment_options import containment_config, containment_options
-from agent.cli.fleet_options import fleet_options, heartbeat_seconds
+from agent.cli.fleet_options import fleet_options, hidden_seconds
 from agent.cli.options import (
     auth_string,
     cloud_logs,
@@ -114,7 +114,17 @@ def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
         stranded_after=_stranded_after(os.environ.get("AGENT_STRANDED_AFTER_SECONDS")),
         crash_after_claim=os.environ.get("AGENT_TEST_CRASH_AFTER_CLAIM") == "1",
         reap_after=p["reap_after"],
-        heartbeat_seconds=heartbeat_seconds(os.environ.get("AGENT_HEARTBEAT_SECONDS")),
+        events=p["events"],
+        heartbeat_seconds=hidden_seconds(
+            "AGENT_HEARTBEAT_SECONDS",
+            os.environ.get("AGENT_HEARTBEAT_SECONDS"),
+            defaults.HEARTBEAT_SECONDS,
+        ),
+        poll_interval_max=hidden_seconds(
+            "AGENT_POLL_INTERVAL_MAX",
+            os.environ.get("AGENT_POLL_INTERVAL_MAX"),
+            defaults.POLL_INTERVAL_MAX,
+        ),
     )
 
 

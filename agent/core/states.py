@@ -100,3 +100,4 @@ class WorkPool:
     name: str
     type: str
     base_job_template: Mapping[str, Any] = field(default_factory=dict)
+    id: str | None = None  # the events stream filters on prefect.work-pool.<id>

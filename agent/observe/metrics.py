@@ -170,6 +170,16 @@ WORKER_CRASHES = Counter(
     # Every worker exports its own at 0 from its start, so increase() sees the first exit.
     ["worker"],
 )
+EVENTS_CONNECTED = Gauge(
+    "agent_events_stream_connected",
+    "1 while the poller is subscribed to Prefect's events stream (push wake-ups), else 0",
+    multiprocess_mode="livemax",
+)
+EVENTS_RECEIVED = Counter(
+    "agent_events_received_total",
+    "Events from Prefect's stream that woke the poller, by what they asked",
+    ["kind"],  # wake (poll now) | cancel (look for cancellations now)
+)
 # No labels: exported at 0 from every process's start.
 REAPED = Counter(
     "agent_flow_runs_reaped_total",
@@ -188,11 +198,13 @@ QUARANTINED = Counter(
 # (Prometheus practice). The values are those the code counts with (tests check each).
 OUTBOX_KINDS = ("state", "pid", "logs")  # agent.api.outbox's report kinds
 RUN_LOG_DROP_REASONS = ("queue_full", "rejected", "invalid", "shutdown")
+EVENT_KINDS = ("wake", "cancel")  # agent.core.events.Kind, but OTHER (never counted)
 _KNOWN_LABELS: tuple[tuple[Counter, tuple[str, ...]], ...] = (
     (CLAIM_CONFLICTS, CONFLICT_REASONS),
     (RUN_LOGS_DROPPED, RUN_LOG_DROP_REASONS),
     (OUTBOX_KEPT, OUTBOX_KINDS),
     (OUTBOX_DELIVERED, OUTBOX_KINDS),
+    (EVENTS_RECEIVED, EVENT_KINDS),
 )
 for _counter, _values in _KNOWN_LABELS:
     for _value in _values:

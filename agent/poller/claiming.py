@@ -74,6 +74,7 @@ class Claiming:
                 *(config.pool, pool.type, defaults.POOL_TYPE),
             )
         self.s.pool_defaults = template_defaults(pool.base_job_template)
+        self.s.pool_id = pool.id
 
     # -- polling -------------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ from agent.poller import health
 from agent.poller.cancellation import Cancellations
 from agent.poller.claiming import Claiming, crash_after_claim
 from agent.poller.duty import Duty, outage_started_this_round, run_due
+from agent.poller.events import EventStream
 from agent.poller.outage import Outage
 from agent.poller.reaper import Reaper
 from agent.poller.retention import RETAIN, Retention
@@ -105,6 +106,11 @@ class Poller:
         self.interval = config.poll_interval_min
         self._wake = threading.Event()
         self._stop = threading.Event()
+        self.events: EventStream | None = None
+        if config.events:
+            self.events = EventStream(
+                config.api, lambda: self.s.pool_id, self.poke, self.cancel_now, self._stop
+            )
 
     def duty(self, name: str) -> Duty:
         return next(d for d in self.duties if d.name == name)
@@ -127,7 +133,11 @@ class Poller:
         self._stop.set()
         self._wake.set()
 
-    def poke(self) -> None:  # GET /api/poke: poll now
+    def poke(self) -> None:  # GET /api/poke, or an event of a new run: poll now
+        self._wake.set()
+
+    def cancel_now(self) -> None:  # a Cancelling event: look for cancellations now
+        self.duty("cancellations").next_at = float("-inf")
         self._wake.set()
 
     # -- the loop ------------------------------------------------------------------------
@@ -139,6 +149,8 @@ class Poller:
             "agent %s %s: pool %r, labels %s, spool %s",
             *(config.name, __version__, config.pool, sorted(config.labels), self.s.spool.root),
         )
+        if self.events is not None:
+            self.events.start()
         while not self._stop.is_set():
             self.tick()
             max_polls = self.s.config.max_polls
@@ -200,7 +212,10 @@ class Poller:
                 return
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        return health.health(self.s, self.started_at)
+        ok, checks = health.health(self.s, self.started_at)
+        if self.events is not None:
+            checks["events"] = self.events.status()
+        return ok, checks
 
 
 def _exit_now() -> None:

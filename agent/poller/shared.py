@@ -32,6 +32,7 @@ class Shared:
     spool_error: str | None = None
     last_error: str | None = None  # of the last round that failed, for health
     pool_defaults: dict[str, Any] | None = None  # None until the pool is set up
+    pool_id: str | None = None  # its uuid, once set up: what the events stream filters on
     backend_ready: bool = False  # the --agent-config-id variable was read (or none)
     last_success: float | None = None  # wall time of the last successful poll
     backlog: bool = False  # eligible runs were left because no worker was free

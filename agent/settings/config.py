@@ -98,6 +98,7 @@ class PollerConfig:
     crash_after_claim: bool = False
     containment: ContainmentConfig = field(default_factory=ContainmentConfig)
     reap_after: float = defaults.REAP_AFTER_SECONDS  # 0: off
+    events: bool = True  # subscribe to Prefect's events stream for push wake-ups
 
 
 @dataclass(frozen=True)

@@ -88,6 +88,7 @@ KEYS: dict[str, Key] = {
     "hostname-label": Key("hostname_label", _bool, "true or false"),
     "max-polls": Key("max_polls", _int, "an integer"),
     "retention": Key("retention", _duration, "a duration (7d, 12h, 30m, 90s) or seconds"),
+    "events": Key("events", _bool, "true or false"),
     "reap-after": Key("reap_after", _duration, "a duration (10m, 90s), seconds, or 0"),
     "agent-address": Key("agent_address", _str, "a string (http://HOST:PORT)"),
     "agent-config-id": Key("agent_config_id", _str, "a string (variable name or id)"),

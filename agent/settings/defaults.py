@@ -34,6 +34,9 @@ HEARTBEAT_SECONDS = 30.0  # the server marks a worker offline after 3 missed bea
 # of the pool's workers; the pool's runs only when some agent is silent).
 REAP_AFTER_SECONDS = 600.0
 REAP_CHECK_SECONDS = 10.0
+# The events stream (push wake-ups): when it is down, it is tried again with backoff
+# doubling from 1 s up to this; polling goes on meanwhile.
+EVENTS_RETRY_MAX = 60.0
 LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks for freed workers
 
 # Worker.

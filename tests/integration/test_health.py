@@ -99,7 +99,14 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
     assert body == {
         "healthy": True,
         "reasons": {},
-        "checks": {"api": True, "poll": True, "workers": True, "spool": True, "containment": True},
+        "checks": {
+            "api": True,
+            "poll": True,
+            "workers": True,
+            "spool": True,
+            "containment": True,
+            "events": True,
+        },
     }
 
     result = sup.ctl("stop", "agent-worker:*")
@@ -115,6 +122,7 @@ def test_health_503_when_no_worker_is_alive_and_200_again(agent: Agent) -> None:
         "workers": False,
         "spool": True,
         "containment": True,
+        "events": True,
     }
     assert list(body["reasons"]) == ["workers"]
     # Stopped cleanly, the workers left no entries: none is live, none is dead.
@@ -231,6 +239,7 @@ def test_health_503_while_the_api_is_down_then_200(agent: Agent, own_server: Pre
         "workers": True,
         "spool": True,
         "containment": True,
+        "events": True,
     }
     # It kept answering, and fast, all the while the API was down.
     assert max(latencies) < 1.0, max(latencies)
@@ -300,6 +309,7 @@ def test_health_503_when_the_spool_is_read_only_then_200(
         "workers": True,
         "spool": False,
         "containment": True,
+        "events": True,
     }
     assert body["reasons"]["spool"].startswith(f"spool {spool}: ")
     # From the next tick on, the write probe's own words.

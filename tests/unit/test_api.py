@@ -318,7 +318,7 @@ def test_ensure_work_pool_reads_again_after_losing_the_create_race(
         reply(200, {"name": "pool1", "type": "process", "id": "theirs"}),
     )
     pool = client.ensure_work_pool("pool1", "local-agent", base_job_template())
-    assert pool == WorkPool("pool1", "process")
+    assert pool == WorkPool("pool1", "process", id="theirs")  # the one read back
     assert [(s.method, s.path) for s in server.seen] == [
         ("GET", "/api/work_pools/pool1"),
         ("POST", "/api/work_pools/"),

@@ -308,7 +308,7 @@ def test_deployment_not_an_object_is_a_shape_error(body: object, said: str) -> N
 def test_work_pool_good() -> None:
     template: dict[str, Any] = {"job_configuration": {}, "variables": {"properties": {}}}
     body = {"name": "pool", "type": "local-agent", "base_job_template": template, "id": "x"}
-    assert parse.work_pool("read_work_pool", body) == WorkPool("pool", "local-agent", template)
+    assert parse.work_pool("read_work_pool", body) == WorkPool("pool", "local-agent", template, "x")
 
 
 def test_work_pool_missing_or_wrong_fields_are_empty() -> None:
