@@ -39,6 +39,10 @@ from agent.settings.config import ApiSettings
 log = logging.getLogger(__name__)
 
 SEEN_MAX = 10_000  # event ids remembered for dropping replays
+# websockets logs the handshake's headers and every frame at DEBUG, the Authorization
+# header and the auth frame included: its own logger never goes below INFO.
+_WIRE_LOG = logging.getLogger("agent.poller.events.wire")
+_WIRE_LOG.setLevel(logging.INFO)
 
 
 class EventsRefused(Exception):
@@ -124,6 +128,7 @@ class EventStream(threading.Thread):
             additional_headers=auth_header(self.api),
             open_timeout=defaults.API_CONNECT_TIMEOUT,
             proxy=None,
+            logger=_WIRE_LOG,
         ) as ws:
             ws.send(json.dumps(events.auth_frame(token)))
             answer = json.loads(ws.recv(timeout=defaults.API_CONNECT_TIMEOUT))
