@@ -63,7 +63,8 @@ def filter_frame(pool_id: str, since: datetime) -> dict[str, Any]:
 def since_for(last_occurred: datetime | None, now: datetime) -> datetime:
     if last_occurred is None:
         return now - FIRST_BACKFILL
-    return last_occurred - BACKFILL_MARGIN
+    # An event stamped in the future (a client's clock) must not hide what comes next.
+    return min(last_occurred, now) - BACKFILL_MARGIN
 
 
 def read(message: Any) -> Seen | None:

@@ -67,7 +67,8 @@ class EventStream(threading.Thread):
     ) -> None:
         super().__init__(name="events", daemon=True)
         self.api, self._pool_id = api, pool_id
-        self._wake, self._cancel, self._stop = wake, cancel, stop
+        # Not `_stop`: that name is threading.Thread's own method.
+        self._wake, self._cancel, self._stopping = wake, cancel, stop
         self.connected_since: float | None = None
         self.last_error: str | None = None
         self._last_occurred: datetime | None = None
@@ -86,22 +87,30 @@ class EventStream(threading.Thread):
 
     def run(self) -> None:
         pause = 1.0
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             pool_id = self._pool_id()
             if pool_id is None:  # the pool is not set up yet
-                self._stop.wait(1.0)
+                self._stopping.wait(1.0)
                 continue
             try:
                 self._session(pool_id)
-                pause = 1.0  # it was up: come back soon
-            except (OSError, TimeoutError, WebSocketException, EventsRefused, ValueError) as exc:
+            except (
+                OSError,
+                TimeoutError,
+                WebSocketException,
+                EventsRefused,
+                ValueError,
+                OverflowError,
+            ) as exc:
+                # A connection that was up comes back soon; one that never came, later.
+                pause = 1.0 if self.connected_since is not None else pause * 2
+                pause = min(pause, defaults.EVENTS_RETRY_MAX)
                 self._down(exc)
-                pause = min(pause * 2, defaults.EVENTS_RETRY_MAX)
             except Exception as exc:  # a bug here must never take polling down
                 log.exception("events stream failed unexpectedly")
                 self._down(exc)
                 pause = defaults.EVENTS_RETRY_MAX
-            self._stop.wait(pause)
+            self._stopping.wait(pause)
 
     def _down(self, exc: Exception) -> None:
         was_up = self.connected_since is not None
@@ -141,7 +150,7 @@ class EventStream(threading.Thread):
             self._said_unavailable = False
             metrics.EVENTS_CONNECTED.set(1)
             log.info("events stream connected: woken at once by new runs and cancellations")
-            while not self._stop.is_set():
+            while not self._stopping.is_set():
                 try:
                     raw = ws.recv(timeout=1.0)
                 except TimeoutError:
