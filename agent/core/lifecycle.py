@@ -75,8 +75,9 @@ def pending(transition_id: str) -> Proposal:
     return Proposal(StateType.PENDING, "Pending", transition_id=transition_id)
 
 
-def crashed(message: str) -> Proposal:
-    return Proposal(StateType.CRASHED, "Crashed", message)
+def crashed(message: str, transition_id: str | None = None) -> Proposal:
+    """``transition_id``: set by the reap duty, so that two agents' reports are one."""
+    return Proposal(StateType.CRASHED, "Crashed", message, transition_id=transition_id)
 
 
 def failed(message: str, force: bool = False) -> Proposal:

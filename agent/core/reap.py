@@ -23,7 +23,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from agent.core.claim import HOST_LABEL, WORKER_LABEL
-from agent.core.lifecycle import Proposal
+from agent.core.lifecycle import Proposal, crashed
 from agent.core.states import FlowRun, StateType
 
 _NAMESPACE = uuid.UUID("6f1c3c3e-3f0e-4c55-9a43-3c4f1f0b7a11")  # local-agent's own
@@ -92,9 +92,7 @@ def proposal(lost: Lost, me: tuple[str, str], reap_after: float) -> Proposal:
         f"marked Crashed by agent {me[0]!r} on {me[1]}."
     )
     key = f"reap:{lost.run_id}:{lost.state_id or ''}"
-    return Proposal(
-        StateType.CRASHED, "Crashed", message, transition_id=str(uuid.uuid5(_NAMESPACE, key))
-    )
+    return crashed(message, transition_id=str(uuid.uuid5(_NAMESPACE, key)))
 
 
 def _silence(beat: Beat, now: float) -> float:

@@ -1,11 +1,10 @@
 """The poller: a short loop over named duties (agent/poller/duty.py).
 
-Each round runs, in this order, every duty that is due: backend config, work pool,
-heartbeat, spool probe, retention, outbox delivery, settle write-ahead specs, stranded
-runs, cancellations, claim. Between rounds it sleeps, waking early on /api/poke, on stop,
-for a freed worker when runs were left waiting, for the cancellation duty (every two
-seconds however idle) and, in an API outage, when a probe of ``GET /health`` says it is
-back. It holds no run in memory that is not also on disk."""
+Each round runs, in order, every duty that is due (agent/poller/duties.py lists them).
+Between rounds it sleeps, waking early on /api/poke or an event from Prefect's events
+stream, on stop, for a freed worker when runs were left waiting, for the cancellation
+duty (every two seconds however idle) and, in an API outage, when a probe of
+``GET /health`` says it is back. It holds no run in memory that is not also on disk."""
 
 from __future__ import annotations
 
@@ -29,12 +28,10 @@ from agent.observe import metrics
 from agent.poller import health
 from agent.poller.cancellation import Cancellations
 from agent.poller.claiming import Claiming, crash_after_claim
+from agent.poller.duties import duties
 from agent.poller.duty import Duty, outage_started_this_round, run_due
 from agent.poller.events import EventStream
 from agent.poller.outage import Outage
-from agent.poller.reaper import Reaper
-from agent.poller.retention import RETAIN, Retention
-from agent.poller.settle import Settle
 from agent.poller.shared import Shared
 from agent.poller.stranded import Stranded
 from agent.poller.upkeep import Upkeep, publish_info, write_state
@@ -64,43 +61,7 @@ class Poller:
         self.upkeep = Upkeep(self.s)
         self.stranded = Stranded(self.claiming)
         self.cancellations = Cancellations(self.s)
-        self.duties = [
-            Duty(
-                "backend config",
-                self.upkeep.refresh_backend_config,
-                every=config.agent_config_refresh,
-                enabled=lambda: bool(self.s.config.agent_config_id),
-            ),
-            # Once, then never again: the pool must exist before its worker beats.
-            Duty("work pool", self.claiming.setup_pool, every=float("inf")),
-            Duty("heartbeat", self.upkeep.heartbeat, every=config.heartbeat_seconds),
-            Duty("spool probe", self.upkeep.probe_spool, needs_api=False),
-            Duty("retention", Retention(spool, config.retention).run, RETAIN, needs_api=False),
-            Duty("outbox delivery", self.upkeep.deliver_outbox),
-            Duty("settle write-ahead specs", Settle(self.claiming).run),
-            Duty(
-                "stranded runs",
-                self.stranded.run,
-                every=defaults.STRANDED_CHECK_SECONDS,
-                retry=defaults.STRANDED_RETRY_SECONDS,
-            ),
-            Duty(
-                "lost hosts",
-                Reaper(self.s).run,
-                every=defaults.REAP_CHECK_SECONDS,
-                retry=defaults.REAP_CHECK_SECONDS,
-                enabled=lambda: self.s.config.reap_after > 0,
-                # One period after start: this agent's own heartbeat goes first.
-                next_at=time.monotonic() + defaults.REAP_CHECK_SECONDS,
-            ),
-            Duty(
-                "cancellations",
-                self.cancellations.run,
-                every=defaults.CANCEL_CHECK_SECONDS,
-                retry=defaults.CANCEL_CHECK_SECONDS,
-            ),
-            Duty("claim", self.claiming.poll),
-        ]
+        self.duties = duties(self.s, self.claiming, self.upkeep, self.stranded, self.cancellations)
         self.polls = 0
         self.started_at = time.time()
         self.interval = config.poll_interval_min
@@ -151,13 +112,16 @@ class Poller:
         )
         if self.events is not None:
             self.events.start()
-        while not self._stop.is_set():
-            self.tick()
-            max_polls = self.s.config.max_polls
-            if max_polls is not None and self.polls >= max_polls:
-                log.info("reached --max-polls %d; exiting", max_polls)
-                break
-            self._sleep(self.interval)
+        try:
+            while not self._stop.is_set():
+                self.tick()
+                max_polls = self.s.config.max_polls
+                if max_polls is not None and self.polls >= max_polls:
+                    log.info("reached --max-polls %d; exiting", max_polls)
+                    break
+                self._sleep(self.interval)
+        finally:
+            self._stop.set()  # the events stream's thread ends with the loop
         return RET_OK
 
     def tick(self) -> int:
