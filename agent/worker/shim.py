@@ -201,9 +201,9 @@ def run(
         log.write(f"local-agent: {refused}\n".encode())
         log.close()
         now = time.time()
-        status0: dict[str, object] = {"phase": "ended", "returncode": 127, "error": refused}
-        status0.update(started=now, ended=now)
-        return 0 if record(run_dir, status0, END_PATIENCE) else RET_UNRECORDED
+        ended = {"phase": "ended", "returncode": 127, "error": refused, "started": now}
+        ended["ended"] = now
+        return 0 if record(run_dir, ended, END_PATIENCE) else RET_UNRECORDED
     started = time.time()
     shim = identify(os.getpid())
     status: dict[str, object] = {
