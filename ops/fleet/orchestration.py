@@ -26,11 +26,9 @@ from ops.fleet.sampler import (
     requests_per_host_minute,
 )
 from ops.soak.accounting import account, parse_executions, patiently, read_states
-from ops.soak.orchestration import burst_sizes
+from ops.soak.orchestration import ENTRYPOINT, FLOW, FLOW_DIR, burst_sizes
 from tests.integration.harness import PrefectServer
 
-FLOW_DIR = Path(__file__).resolve().parents[1]  # ops/: soak_flow.py
-FLOW, ENTRYPOINT = "soak", "soak_flow.py:soak"
 PROGRESS_SECONDS = 20.0
 
 

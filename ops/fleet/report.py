@@ -18,7 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from agent.api.client import PrefectClient
-from ops.soak.accounting import Accounting, breakdown, patiently
+from ops.soak.accounting import Accounting, breakdown, patiently, run_failures
 
 STATE_CHUNK = 100
 REAPED_MARK = "infrastructure lost with its host"
@@ -73,15 +73,7 @@ def throughput(runs: Mapping[str, Mapping[str, Any]]) -> tuple[float, float] | N
 def verdict(acc: Accounting, kills: int, server_restarts: int) -> tuple[int, list[str]]:
     """1 if a run was lost, executed twice, not final or ended wrongly, or if the fleet
     killed no host or never restarted the server (then it proved less than it says)."""
-    reasons = []
-    for label, items in (
-        ("lost", acc.lost),
-        ("executed twice", acc.twice),
-        ("not final", acc.not_final),
-        ("ended wrongly", acc.wrong),
-    ):
-        if items:
-            reasons.append(f"{len(items)} run(s) {label}")
+    reasons = run_failures(acc)
     if kills == 0:
         reasons.append("no host was killed")
     if server_restarts == 0:

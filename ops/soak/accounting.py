@@ -133,11 +133,9 @@ def account(
     return acc
 
 
-def verdict(acc: Accounting, actions: int) -> tuple[int, list[str]]:
-    """Exit status and why: 1 if any run was lost, executed twice, not final or ended
-    wrongly, if a spec is in the spool twice (tmp/new/cur and done/failed at once: the
-    agent's spool is inconsistent), or if the soak made no action at all (then it
-    proved nothing). A spec merely left in tmp/new/cur is shown, not counted."""
+def run_failures(acc: Accounting) -> list[str]:
+    """ "N run(s) lost" and so on, for each kind of wrong end that happened (the soak's
+    and the fleet's verdicts both start from it)."""
     reasons = []
     for label, items in (
         ("lost", acc.lost),
@@ -147,6 +145,15 @@ def verdict(acc: Accounting, actions: int) -> tuple[int, list[str]]:
     ):
         if items:
             reasons.append(f"{len(items)} run(s) {label}")
+    return reasons
+
+
+def verdict(acc: Accounting, actions: int) -> tuple[int, list[str]]:
+    """Exit status and why: 1 if any run was lost, executed twice, not final or ended
+    wrongly, if a spec is in the spool twice (tmp/new/cur and done/failed at once: the
+    agent's spool is inconsistent), or if the soak made no action at all (then it
+    proved nothing). A spec merely left in tmp/new/cur is shown, not counted."""
+    reasons = run_failures(acc)
     if acc.spool_twice:
         reasons.append(f"{len(acc.spool_twice)} spec(s) in the spool twice")
     if actions == 0:

@@ -4,9 +4,6 @@ defaults and ceilings for runs' limits become a checked ContainmentConfig, and a
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +14,7 @@ from agent.core.errors import RET_CONFIG, ConfigError
 from agent.core.limits import GIB, MIB, LimitPolicy, Limits
 from agent.settings import configfile, defaults
 from agent.settings.config import ContainmentConfig
-
-BASE_ENV = {
-    k: v for k, v in os.environ.items() if not k.startswith(("PREFECT", "AGENT_", "SUPERVISOR"))
-}
-
-
-def agent(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 60
-) -> subprocess.CompletedProcess[str]:
-    """The installed command, as supervisord runs it."""
-    return subprocess.run(
-        [sys.executable, "-m", "agent", *args],
-        env={**BASE_ENV, "PREFECT_API_URL": "http://127.0.0.1:9/api", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+from tests.unit.test_cli_hardening import agent
 
 
 def params(**given: Any) -> dict[str, Any]:
