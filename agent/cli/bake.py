@@ -24,6 +24,7 @@ POLLER_PARAMS = (
 WORKER_PARAMS = (
     *SHARED_PARAMS,
     *("pool", "flow_python", "flow_log_max_bytes", "cancel_grace_seconds"),
+    *("launch", "warm_recycle_runs"),
     *CONTAINMENT_PARAMS,
 )
 

@@ -213,6 +213,8 @@ def worker(ctx: click.Context, /, **p: Any) -> None:
         pool=parse_pool_name(p["pool"], _pool_source(ctx)) if p["pool"] else None,
         flow_log_max_bytes=p["flow_log_max_bytes"],
         cancel_grace=p["cancel_grace_seconds"],
+        launch=(p["launch"] or defaults.LAUNCH).lower(),
+        warm_recycle_runs=p["warm_recycle_runs"] or defaults.WARM_RECYCLE_RUNS,
         crash_loop=Policy(
             threshold=_crash_loop_threshold(os.environ.get("AGENT_CRASH_LOOP_THRESHOLD"))
         ),

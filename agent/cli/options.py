@@ -367,6 +367,26 @@ def worker_options(func: F) -> F:
                 help="A run cancelled in Prefect gets SIGTERM (its whole process group), "
                 "then SIGKILL after this many seconds if it is still running.",
             ),
+            click.option(
+                "--launch",
+                type=click.Choice(defaults.LAUNCH_MODES, case_sensitive=False),
+                default=defaults.LAUNCH,
+                show_default=True,
+                envvar="AGENT_LAUNCH",
+                show_envvar=True,
+                help="warm: fork each run from a process of the flow's Python with Prefect "
+                "already imported (a run that sets `command` or PYTHON*/LD_* variables "
+                "starts cold, and its log says why); cold: a new interpreter per run.",
+            ),
+            click.option(
+                "--warm-recycle-runs",
+                type=click.IntRange(min=1),
+                default=defaults.WARM_RECYCLE_RUNS,
+                show_default=True,
+                envvar="AGENT_WARM_RECYCLE_RUNS",
+                show_envvar=True,
+                help="With --launch warm: start the warm process afresh after this many runs.",
+            ),
         ],
     )
 

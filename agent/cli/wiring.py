@@ -11,6 +11,7 @@ from agent.api.client import PrefectClient
 from agent.api.outbox import Outbox, logs_report
 from agent.api.runlogs import NoRunLogs, RunLogs, ship_to
 from agent.cli import supervised
+from agent.core.environment import base_env
 from agent.core.errors import ApiError, ConfigError
 from agent.observe import metrics
 from agent.observe.httpd import AgentHTTPServer
@@ -25,7 +26,7 @@ from agent.spool.registry import Registry
 from agent.worker import cgroups
 from agent.worker.cgroups import NONE_DISABLED
 from agent.worker.contain import Contain
-from agent.worker.launcher import ShimLauncher
+from agent.worker.launcher import Launcher, ShimLauncher
 from agent.worker.loop import Worker
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,21 @@ def containment(config: ContainmentConfig, spool_root: Path) -> Contain:
     return Contain(config, found)
 
 
+def launcher(config: WorkerConfig) -> Launcher:
+    cold = ShimLauncher(config.flow_log_max_bytes)
+    if config.launch != "warm":
+        return cold
+    from agent.worker.warm import WarmLauncher
+
+    return WarmLauncher(
+        cold,
+        config.flow_python,
+        base_env(os.environ),
+        config.warm_recycle_runs,
+        config.flow_log_max_bytes,
+    )
+
+
 def run_worker(config: WorkerConfig) -> int:
     spool = Spool(config.spool_dir)
     workers = spool.root / "workers"
@@ -138,7 +154,7 @@ def run_worker(config: WorkerConfig) -> int:
         client,
         spool,
         Registry(spool.root),
-        ShimLauncher(config.flow_log_max_bytes),
+        launcher(config),
         runlogs=runlogs,
         contain=containment(config.containment, spool.root),
     )

@@ -58,6 +58,11 @@ def check_env(env: Mapping[str, str], what: str) -> None:
         check_text(value, f"{what}: the value of {name!r}")
 
 
+def base_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """What every run's environment starts from (steps 0 and 1 of ``build_env``)."""
+    return {**FLOW_DEFAULTS, **inherited_env(environ)}
+
+
 def inherited_env(environ: Mapping[str, str]) -> dict[str, str]:
     return {
         k: v for k, v in environ.items() if k not in _DROP_KEYS and not k.startswith(_DROP_PREFIXES)
@@ -107,7 +112,7 @@ def build_env(
     check_env(secret_env, "agent setting: the API credential")
     check_text(api_url, "agent setting `--api`")
     check_text(flow_run_id, "the flow run id")
-    env = {**FLOW_DEFAULTS, **inherited_env(environ)}
+    env = base_env(environ)
     env["PYTHONPATH"] = python_path(working_dir, environ.get("PYTHONPATH"), import_paths)
     env.update(agent_env)
     env.update(run_env)

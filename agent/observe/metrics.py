@@ -94,6 +94,11 @@ CLAIM_CONFLICTS = Counter(
     ["reason"],  # taken | concurrency_limit | other
 )
 STARTED = Counter("agent_flow_runs_started_total", "Flow run processes started")
+LAUNCHES = Counter(
+    "agent_flow_run_launches_total",
+    "Flow run processes started, by how: warm (forked from the warm process) or cold",
+    ["how"],
+)
 FINISHED = Counter(
     "agent_flow_runs_finished_total",
     "Flow runs finished on this host, by outcome and by what ended the process",

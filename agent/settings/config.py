@@ -114,6 +114,8 @@ class WorkerConfig:
     # A cancelled run's process group gets SIGTERM, then SIGKILL this much later.
     cancel_grace: float = defaults.CANCEL_GRACE_SECONDS
     cancel_watch: float = defaults.CANCEL_WATCH_SECONDS
+    launch: str = defaults.LAUNCH  # "warm" | "cold": agent/worker/warm.py
+    warm_recycle_runs: int = defaults.WARM_RECYCLE_RUNS
     # When a worker restarted after unexpected exits waits before taking runs (its
     # threshold: hidden env var AGENT_CRASH_LOOP_THRESHOLD; tests lower it).
     crash_loop: Policy = field(default_factory=Policy)

@@ -20,7 +20,7 @@ from typing import Any
 from agent.core.environment import check_env, check_text
 from agent.core.errors import ConfigError, JobVariableError
 from agent.observe.logs import FORMATS, LEVELS
-from agent.settings.defaults import CONTAINMENT_MODES
+from agent.settings.defaults import CONTAINMENT_MODES, LAUNCH_MODES
 
 Check = Callable[[Any], bool]
 
@@ -100,6 +100,8 @@ KEYS: dict[str, Key] = {
     "flow-python": Key("flow_python", _str, "a string (path)"),
     "flow-log-max-bytes": Key("flow_log_max_bytes", _int, "an integer"),
     "cancel-grace-seconds": Key("cancel_grace_seconds", _number, "a number of seconds"),
+    "launch": Key("launch", _one_of(*LAUNCH_MODES), "warm or cold"),
+    "warm-recycle-runs": Key("warm_recycle_runs", _count, "a whole number >= 1"),
     "containment": Key("containment", _one_of(*CONTAINMENT_MODES), "strict, best-effort or off"),
     "cgroup-root": Key("cgroup_root", _str, "a string (path)"),
     "crash-tail-lines": Key("crash_tail_lines", _count, "a whole number >= 0"),

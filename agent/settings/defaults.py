@@ -60,6 +60,11 @@ CANCEL_GRACE_SECONDS = 30.0
 # cannot enforce is Failed; best-effort: it runs without it, with a warning in its log.
 CONTAINMENT = "strict"
 CONTAINMENT_MODES = ("strict", "best-effort", "off")
+# How a worker starts each run's process (agent/worker/warm.py); and after how many runs
+# the warm process is started afresh (what a long life may gather: caches, leaks).
+LAUNCH = "cold"
+LAUNCH_MODES = ("warm", "cold")
+WARM_RECYCLE_RUNS = 100
 # When a run crashed, timed out or was OOM-killed, this many of its last output lines go
 # to its log in Prefect (the flight recorder); 0 turns it off.
 CRASH_TAIL_LINES = 50

@@ -192,10 +192,13 @@ class Execution:
         log.info("flow run %s started: pid %s", run_id, handle.pid)
         again = f" (start {restarts + 1})" if restarts else ""
         bounds = f"; limits: {limits.describe()}" if limits.describe() else ""
+        how = f" ({handle.note})" if handle.note else ""
+        if handle.note.startswith("cold start:"):
+            log.info("flow run %s: %s", run_id, handle.note)
         self._run_log(
             spec,
             f"Process started by worker {self.config.worker_id} on {self.config.hostname}: "
-            f"PID {handle.pid}{again}{bounds}",
+            f"PID {handle.pid}{how}{again}{bounds}",
         )
         self.reporter.infrastructure_pid(run_id, f"{self.config.hostname}:{handle.pid}")
         # Wall time counts from the process start; each restart has the whole timeout.

@@ -1,9 +1,9 @@
 """Launching: given a run's argv, env and cwd, start its process; hand back a handle.
 
-This is the one seam between the worker and how processes are made. Today: a cold
-``subprocess.Popen`` of the per-run shim, which starts the flow. A warm launcher (an
-interpreter with prefect imported that forks per run) would implement the same
-``Launcher`` protocol, and the worker would not change.
+This is the one seam between the worker and how processes are made. ShimLauncher: a
+cold ``subprocess.Popen`` of the per-run shim, which starts the flow. WarmLauncher
+(agent/worker/warm.py): the shim and the flow forked from an interpreter with Prefect
+already imported, cold when a run needs it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,10 @@ class ExitStatus:
 class RunHandle(Protocol):
     @property
     def pid(self) -> int: ...
+
+    # How the run was launched when it is worth a word in its log: "warm", or why it
+    # started cold although warm launches are on; "" otherwise.
+    note: str
 
     def wait(self, timeout: float | None = None) -> ExitStatus | None:
         """The run's exit status once its process has ended; None if ``timeout``
@@ -84,9 +88,26 @@ def signal_run(run_dir: Path, sig: signal.Signals) -> ProcessId | None:
     return None
 
 
+def exit_status(run_dir: Path, shim_code: int | None) -> ExitStatus:
+    """How the run ended, from its status.json, else from how its shim ended (None:
+    not known, the shim was not our child)."""
+    status = read_status(run_dir)
+    code = status.get("returncode")
+    if isinstance(code, int):
+        error = status.get("error")
+        return ExitStatus(code, str(error) if error else None)
+    if shim_code == shim.RET_NOT_STARTED:
+        return ExitStatus(None, "was not started: its start could not be recorded (spool full?)")
+    if shim_code == shim.RET_UNRECORDED:
+        return ExitStatus(None, "ended, but its exit status could not be recorded (spool full?)")
+    how = f"ended with {shim_code}" if shim_code is not None else "ended"
+    return ExitStatus(None, f"its supervising shim {how} before the flow did")
+
+
 class ShimHandle:
-    def __init__(self, proc: subprocess.Popen[bytes], run_dir: Path) -> None:
+    def __init__(self, proc: subprocess.Popen[bytes], run_dir: Path, note: str = "") -> None:
         self._proc, self._run_dir = proc, run_dir
+        self.note = note  # how it was launched, for the run's "Process started" line
 
     @property
     def pid(self) -> int:
@@ -98,20 +119,7 @@ class ShimHandle:
             shim_code = self._proc.wait(timeout)
         except subprocess.TimeoutExpired:
             return None
-        status = read_status(self._run_dir)
-        code = status.get("returncode")
-        if isinstance(code, int):
-            error = status.get("error")
-            return ExitStatus(code, str(error) if error else None)
-        if shim_code == shim.RET_NOT_STARTED:
-            return ExitStatus(
-                None, "was not started: its start could not be recorded (spool full?)"
-            )
-        if shim_code == shim.RET_UNRECORDED:
-            return ExitStatus(
-                None, "ended, but its exit status could not be recorded (spool full?)"
-            )
-        return ExitStatus(None, f"its supervising shim ended with {shim_code} before the flow did")
+        return exit_status(self._run_dir, shim_code)
 
 
 class ShimLauncher:

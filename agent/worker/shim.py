@@ -22,8 +22,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import IO, Protocol
 
 from agent.worker.procid import identify
 
@@ -177,6 +178,30 @@ def join_cgroups(dirs: list[Path]) -> str | None:
     return None
 
 
+class Flow(Protocol):
+    """The flow's process as the shim watches it: a ``subprocess.Popen`` (cold), or the
+    warm launcher's forked process (agent/worker/forkserver.py)."""
+
+    pid: int
+    stdout: IO[bytes] | None
+
+    def poll(self) -> int | None: ...
+
+    def wait(self) -> int: ...
+
+
+def popen(argv: list[str], env: dict[str, str]) -> Flow:
+    """The cold start: exec the flow's command."""
+    return subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        env=env,
+        preexec_fn=_restore_signals,  # the flow must get the signals the shim ignores
+    )
+
+
 def run(
     run_dir: Path,
     argv: list[str],
@@ -185,6 +210,8 @@ def run(
     echo: bool,
     secrets: dict[str, str] | None = None,
     cgroups: list[Path] | None = None,
+    spawn: Callable[[list[str], dict[str, str]], Flow] = popen,
+    env: dict[str, str] | None = None,
 ) -> int:
     """status.json goes through three phases, each written atomically:
     "starting" (the shim's own identity, before the flow exists), "running" (+ the flow's
@@ -215,14 +242,7 @@ def run(
         print("local-agent shim: cannot record the run's start; not starting it", file=sys.stderr)
         return RET_NOT_STARTED
     try:
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **(secrets or {})},
-            preexec_fn=_restore_signals,  # the flow must get the signals the shim ignores
-        )
+        proc = spawn(argv, {**(os.environ if env is None else env), **(secrets or {})})
     except OSError as exc:
         # Not a flow failure the engine could report: say so in the status.
         message = f"cannot start {argv[0]!r}: {exc.strerror}"
@@ -256,7 +276,7 @@ def run(
     return 0 if recorded else RET_UNRECORDED
 
 
-def read_lines(proc: subprocess.Popen[bytes], linger: float = DRAIN_SECONDS) -> Iterator[bytes]:
+def read_lines(proc: Flow, linger: float = DRAIN_SECONDS) -> Iterator[bytes]:
     """The flow's output, line by line, until it has exited and its output is drained.
 
     A process the flow left behind (a daemon) may hold the pipe open for ever: once the

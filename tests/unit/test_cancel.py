@@ -291,6 +291,7 @@ class ChildHandle:
 
     def __init__(self, proc: subprocess.Popen[bytes]) -> None:
         self.proc = proc
+        self.note = ""
 
     @property
     def pid(self) -> int:

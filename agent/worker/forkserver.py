@@ -1,0 +1,374 @@
+"""The warm process: the flow's interpreter with ``prefect`` imported, which forks runs.
+
+Started by a worker's WarmLauncher (agent/worker/warm.py) as ``<flow python> -c
+BOOTSTRAP`` with a control socket on fd 3. It imports Prefect once, says "ready", then
+for each request forks:
+
+- a **shim** (the child): a new session, the run's cgroups, status.json, output capture,
+  exactly agent/worker/shim.py's ``run``; it forks
+- the **flow** (the grandchild): the run's environment, cwd and ``sys.path`` put in
+  place of the warm parent's, Prefect's settings and logging read again from them, then
+  ``prefect.engine`` run as ``__main__``, as ``python -m prefect.engine`` would.
+
+It forks only while it is the one thread of its process (a forked thread holds no lock
+it had), and never imports user code: the flow's deployment is loaded by the engine in
+the grandchild. It exits when the worker goes (its control socket reads EOF); runs it
+started go on, like cold ones, and are adopted from their status.json.
+
+Standard library only (it runs in the flow's interpreter, which has Prefect but maybe
+not the agent's dependencies), and written for the agent's oldest supported Python.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import json
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+from agent.worker import shim
+
+CONTROL_FD = 3
+RUN_ID_VAR = "PREFECT__FLOW_RUN_ID"
+# The warm parent starts with RUN_ID_VAR set to this placeholder: a run's id is written
+# over it in the forked processes' own copy of the environment block, so that
+# /proc/<pid>/environ shows PREFECT__FLOW_RUN_ID=<id> as for a cold start (the stranded
+# duty and adoption find a run's processes by it).
+RUN_ID_SLOT = "0" * 36
+MARKER = "local-agent warm"  # in the warm parent's argv: ps and the benchmark see it
+MAX_FDS = 16
+_HEADER = struct.Struct("!I")
+# What the warm parent imports: Prefect and what its engine runs on; never user code.
+WARM_IMPORTS = ("prefect", "prefect.main", "prefect.engine", "prefect.flow_engine")
+
+
+# -- framing: a 4-byte length, then JSON; file descriptors ride with the first bytes --
+
+
+def send(sock: socket.socket, body: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(body).encode()
+    frame = _HEADER.pack(len(data)) + data
+    sent = socket.send_fds(sock, [frame], fds) if fds else sock.send(frame)
+    if sent < len(frame):
+        sock.sendall(frame[sent:])
+
+
+def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message and the descriptors sent with it; (None, []) at EOF."""
+    data, fds, _, _ = socket.recv_fds(sock, 65536, MAX_FDS)
+    if not data:
+        return None, list(fds)
+    while len(data) < _HEADER.size:
+        more = sock.recv(_HEADER.size - len(data))
+        if not more:
+            return None, list(fds)
+        data += more
+    (size,) = _HEADER.unpack(data[: _HEADER.size])
+    body = data[_HEADER.size :]
+    while len(body) < size:
+        more = sock.recv(min(1 << 20, size - len(body)))
+        if not more:
+            return None, list(fds)
+        body += more
+    found = json.loads(body)
+    return (found if isinstance(found, dict) else None), list(fds)
+
+
+# -- the warm parent ----------------------------------------------------------------
+
+
+class Warm:
+    def __init__(self, control: socket.socket, base_path: list[str]) -> None:
+        self.control = control
+        self.base_path = base_path  # sys.path as the interpreter made it, less ''
+        self.slot = _env_slot(RUN_ID_VAR)
+        self.children: dict[int, None] = {}
+
+    def serve(self) -> int:
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # wakes select through the pipe
+        send(self.control, {"ready": os.getpid(), "site": site_stamps(self.base_path)})
+        while True:
+            self._reap()
+            ready, _, _ = select.select([self.control.fileno(), wake_r], [], [], 5)
+            if wake_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 512)
+            if self.control.fileno() not in ready:
+                continue
+            request, fds = receive(self.control)
+            if request is None:
+                return 0  # the worker is gone; the runs go on without us
+            try:
+                reply = self._start(request, fds, (wake_r, wake_w))
+            finally:
+                for fd in fds:
+                    os.close(fd)
+            send(self.control, reply)
+
+    def _reap(self) -> None:
+        for pid in list(self.children):
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done, status = pid, 0
+            if done:
+                del self.children[pid]
+                code = os.waitstatus_to_exitcode(status)
+                send(self.control, {"exited": pid, "code": code})
+
+    def _start(
+        self, request: dict[str, Any], fds: list[int], wake: tuple[int, int]
+    ) -> dict[str, Any]:
+        threads = _threads()
+        if threads != 1:
+            return {"refused": f"the warm process has {threads} threads; it forks only with one"}
+        if self.slot is None:
+            return {"refused": "the warm process cannot mark its runs' environment"}
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()  # nothing of ours is written twice by the children
+        pid = os.fork()
+        if pid == 0:
+            code = 70  # EX_SOFTWARE: the shim itself failed
+            try:
+                signal.set_wakeup_fd(-1)
+                for fd in (*wake, self.control.fileno()):
+                    os.close(fd)
+                code = self._shim(request, fds)
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    traceback.print_exc()
+            finally:
+                os._exit(code)
+        self.children[pid] = None
+        return {"started": pid}
+
+    def _shim(self, request: dict[str, Any], fds: list[int]) -> int:
+        """In the forked shim: what ShimLauncher's ``Popen`` + ``shim.main`` do cold."""
+        os.setsid()  # outlives the worker and supervisor's group signals, as cold
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        run_id = str(request["env"].get(RUN_ID_VAR, ""))
+        self._mark(run_id)
+        echo_fd, err_fd = fds[0], fds[1]
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(echo_fd if request["echo"] else null, 1)
+        os.dup2(err_fd, 2)
+        os.close(null)
+        os.chdir(request["cwd"])
+        env = {str(k): str(v) for k, v in request["env"].items()}
+        return shim.run(
+            Path(request["run_dir"]),
+            list(request["argv"]),
+            int(request["max_bytes"]),
+            str(request["prefix"]),
+            bool(request["echo"]),
+            {str(k): str(v) for k, v in request["secrets"].items()},
+            [Path(p) for p in request["cgroups"]],
+            spawn=lambda argv, full_env: ForkedFlow(self, full_env),
+            env=env,
+        )
+
+    def _mark(self, run_id: str) -> None:
+        if self.slot is not None and len(run_id.encode()) == len(RUN_ID_SLOT):
+            ctypes.memmove(self.slot, run_id.encode(), len(RUN_ID_SLOT))
+
+
+class ForkedFlow:
+    """The flow's process, forked from the shim: ``subprocess.Popen``'s part the shim uses."""
+
+    def __init__(self, warm: Warm, env: dict[str, str]) -> None:
+        read_fd, write_fd = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read_fd)
+            os.dup2(write_fd, 1)
+            os.dup2(write_fd, 2)
+            os.close(write_fd)
+            os._exit(become_flow(env, warm.base_path))
+        os.close(write_fd)
+        self.pid = pid
+        self.stdout: IO[bytes] | None = os.fdopen(read_fd, "rb", buffering=0)
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            done, status = os.waitpid(self.pid, os.WNOHANG)
+            if done:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self) -> int:
+        if self.returncode is None:
+            _, status = os.waitpid(self.pid, 0)
+            self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+# -- the flow: from a warm fork to what a cold `python -m prefect.engine` is ----------
+
+
+def become_flow(env: dict[str, str], base_path: list[str]) -> int:
+    """Runs in the forked flow process; returns its exit status (never raises)."""
+    try:
+        _cold_signals()
+        os.environ.clear()
+        os.environ.update(env)
+        time.tzset()
+        # `python -m` puts the cwd first, then PYTHONPATH, then the interpreter's own.
+        extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:] = [os.getcwd(), *extra, *base_path]
+        for name in [n for n in sys.modules if n == "agent" or n.startswith("agent.")]:
+            del sys.modules[name]  # the warm parent's own code is not the flow's
+        _refresh_prefect()
+        sys.modules.pop("prefect.engine", None)  # runpy runs it afresh as __main__
+        sys.argv[:] = ["-m"]
+    except BaseException:
+        traceback.print_exc()
+        return 1
+    return run_main(_run_engine)
+
+
+def _run_engine() -> None:
+    import runpy
+
+    runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+
+
+def run_main(main: Callable[[], object]) -> int:
+    """Run ``main`` and end as the interpreter does: the exit status of SystemExit, a
+    traceback and 1 for an exception, threads joined and atexit run before flushing."""
+    code = 0
+    interrupted = False
+    try:
+        main()
+    except SystemExit as exc:
+        code = _exit_code(exc.code)
+    except KeyboardInterrupt:
+        traceback.print_exc()
+        code, interrupted = 1, True
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    try:
+        threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first
+    except BaseException:
+        traceback.print_exc()
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    if interrupted:  # Python ends an uncaught KeyboardInterrupt by SIGINT
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGINT)
+    return code
+
+
+def _exit_code(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, int):
+        return value & 0xFF
+    with contextlib.suppress(Exception):
+        print(value, file=sys.stderr)
+    return 1
+
+
+def _cold_signals() -> None:
+    """The dispositions a fresh interpreter has."""
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD, signal.SIGQUIT):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGPIPE, signal.SIG_IGN)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+
+def _refresh_prefect() -> None:
+    """Prefect read its settings and logging configuration from the warm parent's
+    environment at import: read them again from the run's."""
+    import prefect.context
+    import prefect.logging.configuration as logging_configuration
+
+    prefect.context.refresh_global_settings_context()
+    logging_configuration.PROCESS_LOGGING_CONFIG.clear()
+    logging_configuration.setup_logging(incremental=False)
+
+
+def _threads() -> int:
+    """Threads of this process as the kernel sees them (C threads included)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
+def _env_slot(name: str) -> int | None:
+    """The address of ``name``'s value in this process's original environment block
+    (what /proc/<pid>/environ shows), or None."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.getenv.restype = ctypes.c_void_p
+        libc.getenv.argtypes = [ctypes.c_char_p]
+        address = libc.getenv(name.encode())
+    except (OSError, AttributeError):
+        return None
+    if not address or ctypes.string_at(address) != RUN_ID_SLOT.encode():
+        return None
+    return int(address)
+
+
+def site_stamps(paths: list[str]) -> dict[str, int]:
+    """The mtime of each import directory: installing or removing a package changes the
+    one it goes into, and then the warm process is no longer what a cold start gives."""
+    stamps: dict[str, int] = {}
+    for entry in paths:
+        with contextlib.suppress(OSError):
+            if os.path.isdir(entry):
+                stamps[entry] = os.stat(entry).st_mtime_ns
+    return stamps
+
+
+def main(control_fd: int = CONTROL_FD) -> int:
+    # Before anything imports: sys.path as the interpreter made it, less the '' of -c.
+    base_path = [p for p in sys.path[1:] if p]
+    sys.path[:] = base_path  # nothing imported from the cwd
+    slot_ok = os.environ.get(RUN_ID_VAR) == RUN_ID_SLOT
+    control = socket.socket(fileno=control_fd)
+    warm = Warm(control, base_path)
+    if not slot_ok:
+        warm.slot = None
+    del os.environ[RUN_ID_VAR]  # the C block keeps it; Prefect must not see it
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C in a terminal: the worker decides
+    try:
+        for module in WARM_IMPORTS:
+            __import__(module)
+    except BaseException as exc:
+        send(control, {"failed": f"cannot import {module}: {exc!r}"[:500]})
+        return 1
+    sys.modules.pop("prefect.engine", None)  # run afresh, as __main__, in each flow
+    return warm.serve()
+
+
+# The warm parent's whole command line: the agent's code found through its own path, then
+# taken out of sys.path again before anything else is imported.
+BOOTSTRAP = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "import agent.worker.forkserver as f; del sys.path[0]; "
+    f"sys.exit(f.main())  # {MARKER}"
+)
