@@ -34,6 +34,7 @@ from tests.integration.harness import (
 from tests.integration.postgres import Cluster, pg_bin, postgres_cluster
 
 BACKENDS = ("sqlite", "postgresql")
+LAUNCHES = ("warm", "cold")
 AUTH = "admin:s3cret-auth-value"  # the server requires it: tests also prove it never leaks
 FLOWS_DIR = REPO / "tests" / "flows"
 
@@ -66,12 +67,23 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     """Tests marked `backends` run once on each server backend (SQLite, PostgreSQL)."""
     if metafunc.definition.get_closest_marker("backends") is not None:
         metafunc.parametrize("backend", BACKENDS, indirect=True)
+    # Every other test runs with the agent's default launch (warm): the cold path keeps
+    # these of its own.
+    if metafunc.definition.get_closest_marker("launches") is not None:
+        metafunc.parametrize("launch", LAUNCHES, indirect=True)
 
 
 @pytest.fixture
 def backend(request: pytest.FixtureRequest) -> str:
     """The Prefect server's database: "sqlite" unless the test is marked `backends`."""
     return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def launch(request: pytest.FixtureRequest) -> str | None:
+    """The workers' --launch: the agent's default unless the test is marked `launches`."""
+    found = getattr(request, "param", None)
+    return None if found is None else str(found)
 
 
 @pytest.fixture(scope="session")
@@ -162,7 +174,9 @@ def session_client(url: str) -> PrefectClient:
 
 
 @pytest.fixture
-def agent(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Agent]:
+def agent(
+    backend: str, launch: str | None, request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[Agent]:
     if backend == "postgresql":
         server_url = str(request.getfixturevalue("pg_server_url"))
         client = session_client(server_url)
@@ -183,6 +197,7 @@ def agent(backend: str, request: pytest.FixtureRequest, tmp_path: Path) -> Itera
         "AGENT_RUN_DIR": str(run_dir),
         "AGENT_ADDRESS": f"http://127.0.0.1:{free_port()}",
         "AGENT_LOG_LEVEL": "DEBUG",
+        **({"AGENT_LAUNCH": launch} if launch else {}),
     }
     cgroup_root = cgroupfs.writable_root()  # each test's runs in cgroups of its own
     if cgroup_root is not None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from agent.core.claim import HOST_LABEL, WORKER_LABEL
 from agent.core.lifecycle import Proposal, crashed
 from agent.core.states import FlowRun, StateType
+from agent.settings import defaults
 
 _NAMESPACE = uuid.UUID("6f1c3c3e-3f0e-4c55-9a43-3c4f1f0b7a11")  # local-agent's own
 LIVE = (StateType.PENDING, StateType.RUNNING)
@@ -83,6 +84,13 @@ def lost_runs(
             continue
         lost.append(Lost(run.id, state.id, agent, host, silent))
     return lost
+
+
+def check_every(reap_after: float) -> float:
+    """How often the reap duty looks: a tenth of ``reap_after`` (a lost host's runs are
+    Crashed within 1.1x of it), between REAP_CHECK_SECONDS and REAP_CHECK_MAX_SECONDS,
+    so that an idle pool's agents ask little of the server (once a minute by default)."""
+    return max(defaults.REAP_CHECK_SECONDS, min(defaults.REAP_CHECK_MAX_SECONDS, reap_after / 10))
 
 
 def proposal(lost: Lost, me: tuple[str, str], reap_after: float) -> Proposal:

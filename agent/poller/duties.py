@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 
+from agent.core import reap
 from agent.poller.cancellation import Cancellations
 from agent.poller.claiming import Claiming
 from agent.poller.duty import Duty
@@ -49,7 +50,7 @@ def duties(
         Duty(
             "lost hosts",
             Reaper(s).run,
-            every=defaults.REAP_CHECK_SECONDS,
+            every=reap.check_every(config.reap_after),
             retry=defaults.REAP_CHECK_SECONDS,
             enabled=lambda: s.config.reap_after > 0,
             # One period after start: this agent's own heartbeat goes first.

@@ -30,10 +30,12 @@ PREFETCH_SECONDS = 10.0
 POLL_LIMIT = 200  # runs asked per poll; labels are filtered here, so leave headroom
 HEARTBEAT_SECONDS = 30.0  # the server marks a worker offline after 3 missed beats
 # Host loss (agent/core/reap.py): another agent's runs are marked Crashed once its
-# heartbeat has been silent this long; the check runs every REAP_CHECK_SECONDS (one read
-# of the pool's workers; the pool's runs only when some agent is silent).
+# heartbeat has been silent this long; the check (one read of the pool's workers; the
+# pool's runs only when some agent is silent) runs every tenth of that, but not more often
+# than REAP_CHECK_SECONDS nor less than REAP_CHECK_MAX_SECONDS (agent/core/reap.py).
 REAP_AFTER_SECONDS = 600.0
 REAP_CHECK_SECONDS = 10.0
+REAP_CHECK_MAX_SECONDS = 60.0
 # The events stream (push wake-ups): when it is down, it is tried again with backoff
 # doubling from 1 s up to this; polling goes on meanwhile.
 EVENTS_RETRY_MAX = 60.0
@@ -62,7 +64,7 @@ CONTAINMENT = "strict"
 CONTAINMENT_MODES = ("strict", "best-effort", "off")
 # How a worker starts each run's process (agent/worker/warm.py); and after how many runs
 # the warm process is started afresh (what a long life may gather: caches, leaks).
-LAUNCH = "cold"
+LAUNCH = "warm"
 LAUNCH_MODES = ("warm", "cold")
 WARM_RECYCLE_RUNS = 100
 # When a run crashed, timed out or was OOM-killed, this many of its last output lines go

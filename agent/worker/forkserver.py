@@ -65,8 +65,9 @@ def send(sock: socket.socket, body: dict[str, Any], fds: list[int] | None = None
 
 
 def receive(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and the descriptors sent with it; (None, []) at EOF."""
-    data, fds, _, _ = socket.recv_fds(sock, 65536, MAX_FDS)
+    """One message and the descriptors sent with it; (None, []) at EOF. It reads no byte
+    past its message: the next one stays in the socket, where select sees it."""
+    data, fds, _, _ = socket.recv_fds(sock, _HEADER.size, MAX_FDS)
     if not data:
         return None, list(fds)
     while len(data) < _HEADER.size:
@@ -96,6 +97,12 @@ class Warm:
         self.children: dict[int, None] = {}
 
     def serve(self) -> int:
+        try:
+            return self._serve()
+        except (BrokenPipeError, ConnectionResetError):
+            return 0  # the worker is gone; the runs go on without us
+
+    def _serve(self) -> int:
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_w, False)
         signal.set_wakeup_fd(wake_w)
@@ -141,7 +148,10 @@ class Warm:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(Exception):
                 stream.flush()  # nothing of ours is written twice by the children
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as exc:  # EAGAIN: the host's or the agent's process limit
+            return {"refused": f"the warm process cannot fork: {exc.strerror or exc}"}
         if pid == 0:
             code = 70  # EX_SOFTWARE: the shim itself failed
             try:
@@ -168,7 +178,8 @@ class Warm:
         os.dup2(null, 0)
         os.dup2(echo_fd if request["echo"] else null, 1)
         os.dup2(err_fd, 2)
-        os.close(null)
+        for fd in {null, echo_fd, err_fd} - {0, 1, 2}:
+            os.close(fd)
         os.chdir(request["cwd"])
         env = {str(k): str(v) for k, v in request["env"].items()}
         return shim.run(
@@ -198,7 +209,9 @@ class ForkedFlow:
             os.close(read_fd)
             os.dup2(write_fd, 1)
             os.dup2(write_fd, 2)
-            os.close(write_fd)
+            # As Popen's close_fds: above all the spec's lease stays with the shim (a
+            # flow outliving its shim must not keep its run from being adopted).
+            os.closerange(3, _max_fd())
             os._exit(become_flow(env, warm.base_path))
         os.close(write_fd)
         self.pid = pid
@@ -229,18 +242,32 @@ def become_flow(env: dict[str, str], base_path: list[str]) -> int:
         os.environ.clear()
         os.environ.update(env)
         time.tzset()
-        # `python -m` puts the cwd first, then PYTHONPATH, then the interpreter's own.
-        extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-        sys.path[:] = [os.getcwd(), *extra, *base_path]
+        sys.path[:] = flow_path(os.getcwd(), env.get("PYTHONPATH"), base_path)
         for name in [n for n in sys.modules if n == "agent" or n.startswith("agent.")]:
             del sys.modules[name]  # the warm parent's own code is not the flow's
         _refresh_prefect()
         sys.modules.pop("prefect.engine", None)  # runpy runs it afresh as __main__
-        sys.argv[:] = ["-m"]
+        sys.argv[:] = ["-m"]  # runpy puts the engine's path first, as -m does
+        sys.orig_argv = [sys.executable, "-m", "prefect.engine"]
     except BaseException:
         traceback.print_exc()
         return 1
     return run_main(_run_engine)
+
+
+def flow_path(cwd: str, pythonpath: str | None, base_path: list[str]) -> list[str]:
+    """``sys.path`` as ``python -m`` in ``cwd`` builds it: PYTHONPATH's entries before
+    the interpreter's own, each made absolute (an empty one is the cwd) and repeats
+    dropped (site.removeduppaths); then -m puts the cwd in front."""
+    entries = pythonpath.split(os.pathsep) if pythonpath else []
+    seen: set[str] = set()
+    rest: list[str] = []
+    for entry in [*(os.path.join(cwd, e) if e else cwd for e in entries), *base_path]:
+        path = os.path.normpath(entry)
+        if path not in seen:
+            seen.add(path)
+            rest.append(path)
+    return [cwd, *rest]
 
 
 def _run_engine() -> None:
@@ -258,11 +285,11 @@ def run_main(main: Callable[[], object]) -> int:
         main()
     except SystemExit as exc:
         code = _exit_code(exc.code)
-    except KeyboardInterrupt:
-        traceback.print_exc()
+    except KeyboardInterrupt as exc:
+        _excepthook(exc)
         code, interrupted = 1, True
-    except BaseException:
-        traceback.print_exc()
+    except BaseException as exc:
+        _excepthook(exc)
         code = 1
     try:
         threading._shutdown()  # type: ignore[attr-defined]  # what Py_Finalize does first
@@ -278,6 +305,14 @@ def run_main(main: Callable[[], object]) -> int:
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     return code
+
+
+def _excepthook(exc: BaseException) -> None:
+    """What the interpreter does with an uncaught exception (a library may have set it)."""
+    try:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    except BaseException:
+        traceback.print_exc()
 
 
 def _exit_code(value: object) -> int:
@@ -302,12 +337,25 @@ def _cold_signals() -> None:
 def _refresh_prefect() -> None:
     """Prefect read its settings and logging configuration from the warm parent's
     environment at import: read them again from the run's."""
+    import prefect
     import prefect.context
     import prefect.logging.configuration as logging_configuration
 
     prefect.context.refresh_global_settings_context()
     logging_configuration.PROCESS_LOGGING_CONFIG.clear()
     logging_configuration.setup_logging(incremental=False)
+    # `import prefect` runs the plugins' startup hooks when the settings enable them
+    # (the warm process has them off): now, with the run's settings.
+    initialize = getattr(prefect, "_initialize_plugins", None)
+    if initialize is not None:
+        initialize()
+
+
+def _max_fd() -> int:
+    try:
+        return os.sysconf("SC_OPEN_MAX")
+    except (OSError, ValueError):
+        return 65536
 
 
 def _threads() -> int:

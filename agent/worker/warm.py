@@ -39,7 +39,12 @@ RETRY_SECONDS = 60.0  # after a warm process failed, cold starts meanwhile
 
 
 class WarmError(Exception):
-    """The warm process did not do what was asked: why, for the run's log line."""
+    """The warm process did not do what was asked: why, for the run's log line.
+    ``failed``: it is at fault, and another is started only after RETRY_SECONDS."""
+
+    def __init__(self, why: str, failed: bool = True) -> None:
+        super().__init__(why)
+        self.failed = failed
 
 
 class WarmProcess:
@@ -53,7 +58,12 @@ class WarmProcess:
         try:
             self.proc = subprocess.Popen(
                 [python, "-c", code],
-                env={**env, forkserver.RUN_ID_VAR: forkserver.RUN_ID_SLOT},
+                # Plugins' startup hooks run in each forked run, with its own settings.
+                env={
+                    **env,
+                    forkserver.RUN_ID_VAR: forkserver.RUN_ID_SLOT,
+                    "PREFECT_PLUGINS_ENABLED": "false",
+                },
                 cwd="/",
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,  # the flows' stdout is a pipe too: same buffering
@@ -107,9 +117,7 @@ class WarmProcess:
             ready, _, _ = select.select([self.sock], [], [], left)
             if not ready:
                 return None
-            body, fds = forkserver.receive(self.sock)
-            for fd in fds:
-                os.close(fd)
+            body = self._read()
             if body is None:
                 raise WarmError("the warm process ended")
             if body.get("exited") == pid:
@@ -131,11 +139,19 @@ class WarmProcess:
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return None
-        body, fds = forkserver.receive(self.sock)
-        for fd in fds:
-            os.close(fd)
+        body = self._read()
         if body is None:
             raise WarmError(f"the warm process ended ({_exit_of(self.proc)})")
+        return body
+
+    def _read(self) -> dict[str, Any] | None:
+        """The next message; None at EOF (or when it cannot be read: as good as gone)."""
+        try:
+            body, fds = forkserver.receive(self.sock)
+        except (OSError, ValueError):
+            return None
+        for fd in fds:
+            os.close(fd)
         return body
 
 
@@ -208,7 +224,8 @@ class WarmLauncher:
                 return self._fork(env, cwd, run_dir, keep_fds, echo_prefix, cgroups)
             except WarmError as exc:
                 why = str(exc)
-                self._discard(failed=True)
+                if exc.failed:
+                    self._discard(failed=True)
         metrics.LAUNCHES.labels("cold").inc()
         handle = self.cold.start(argv, env, cwd, run_dir, keep_fds, echo_prefix, cgroups)
         handle.note = f"cold start: {why}"
@@ -234,8 +251,8 @@ class WarmLauncher:
         now = {d: _mtime(d) for d in warm.site}
         changed = launch.packages_changed(warm.site, now)
         if changed:
-            self._discard(failed=False)
-            raise WarmError(changed)
+            self._discard(failed=False)  # and a new one starts importing now
+            raise WarmError(f"{changed}; a new warm process is starting", failed=False)
         (run_dir / "status.json").unlink(missing_ok=True)
         request = {
             "run_dir": str(run_dir),
@@ -258,7 +275,11 @@ class WarmLauncher:
 
     def _current(self) -> WarmProcess:
         if self._warm is not None and not self._warm.alive():
-            self._discard(failed=True)
+            gone = _exit_of(self._warm.proc)
+            # Ready once, so not a process that cannot start: a new one starts now.
+            again = self._warm.site is not None
+            self._discard(failed=not again)
+            raise WarmError(f"the warm process ended ({gone})", failed=not again)
         if self._warm is None:
             if time.monotonic() < self._retry_at:
                 raise WarmError("the warm process failed recently; it is tried again soon")

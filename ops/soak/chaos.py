@@ -89,6 +89,32 @@ def shim_run(pid: int) -> str | None:
     return Path(argv[argv.index("--run-dir") + 1]).parent.name
 
 
+WARM = "local-agent warm"  # in the warm process's command line (agent/worker/forkserver.py)
+
+
+def find_shims(table: dict[int, Proc], mine: set[int]) -> dict[int, str]:
+    """Our per-run shims, pid -> run id. Cold ones by their command line. Warm ones are
+    forked by a warm process and carry the warm process's command line and the run id
+    in their environment, as their flow does; a flow's parent is such a shim."""
+    shims: dict[int, str] = {}
+    for proc in table.values():
+        if proc.pid not in mine:
+            continue
+        if run := shim_run(proc.pid):
+            shims[proc.pid] = run
+        elif WARM in proc.cmdline and (run := _warm_run(proc.pid)):
+            parent = table.get(proc.ppid)
+            if parent is None or WARM not in parent.cmdline or not _warm_run(parent.pid):
+                shims[proc.pid] = run
+    return shims
+
+
+def _warm_run(pid: int) -> str:
+    """The run id a warm shim or flow carries; "" for the warm process itself."""
+    run = read_environ(pid).get("PREFECT__FLOW_RUN_ID", "")
+    return "" if run.strip("0") == "" else run
+
+
 @dataclass
 class Snapshot:
     """The soak's agent now: supervisor's view, plus shims and flows from /proc."""
@@ -127,25 +153,29 @@ class Agent:
         workers = {str(i["name"]): int(i["pid"]) for i in running if i["group"] == WORKER_GROUP}
         table = process_table()
         mine = set(tagged_pids(self.tag))
-        shims = {p.pid: run for p in table.values() if p.pid in mine and (run := shim_run(p.pid))}
+        shims = find_shims(table, mine)
         busy: dict[str, tuple[int, str]] = {}
         for name, pid in workers.items():
-            for child in children(table, pid):
+            below = children(table, pid)  # a cold shim, or the warm process and its shim
+            for child in [
+                *below,
+                *(c for b in below if WARM in b.cmdline for c in children(table, b.pid)),
+            ]:
                 if child.pid in shims:
                     busy[name] = (child.pid, shims[child.pid])
         flows: dict[int, str] = {}
         for shim in shims:
             for flow in children(table, shim):
-                if "prefect.engine" in flow.cmdline and flow.pid in mine:
+                if flow.pid in mine:
                     flows[flow.pid] = read_environ(flow.pid).get("PREFECT__FLOW_RUN_ID", "?")
         stuck = [name for name, state in states.items() if state in ("FATAL", "EXITED", "STOPPED")]
         return Snapshot(poller, workers, busy, flows, stuck, states)
 
     def flow_processes(self) -> list[Proc]:
         mine = set(tagged_pids(self.tag))
-        return [
-            p for p in process_table().values() if p.pid in mine and "prefect.engine" in p.cmdline
-        ]
+        table = process_table()
+        shims = find_shims(table, mine)
+        return [p for p in table.values() if p.pid in mine and p.ppid in shims]
 
 
 @dataclass

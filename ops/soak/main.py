@@ -95,6 +95,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar=("MIN", "MAX"),
         help="how long each flow sleeps after recording itself (default 0 2)",
     )
+    parser.add_argument(
+        "--launch",
+        choices=("warm", "cold"),
+        default=None,
+        help="the workers' --launch (AGENT_LAUNCH; default: the agent's own default)",
+    )
     parser.add_argument("--bursts", type=int, default=4, help="bursts of runs (default 4)")
     parser.add_argument(
         "--burst-gap",
@@ -202,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
                 "AGENT_RUN_DIR": str(tmp / "run"),
                 "AGENT_ADDRESS": f"http://127.0.0.1:{free_port()}",
                 "AGENT_LOG_LEVEL": "DEBUG",
+                **({"AGENT_LAUNCH": args.launch} if args.launch else {}),
             }
             soak = Soak(args, tmp, procs, client, env, seed, t0)
             soak.mark("server up")

@@ -136,3 +136,59 @@ def busy(out: str, seconds: float = 5.0) -> None:
     share = (time.process_time() - cpu0) / (time.monotonic() - wall0)
     with open(out, "w") as f:
         json.dump({"share": share}, f)
+
+
+# -- warm launches (tests/integration/test_warm.py) ---------------------------------------
+
+# Each import of this module appends the importing pid to the named file: user code must
+# be imported by the flow's own process only, never by a warm process that forks runs.
+if os.environ.get("AGENT_TEST_IMPORT_MARKER"):
+    with open(os.environ["AGENT_TEST_IMPORT_MARKER"], "a") as _imports:
+        _imports.write(f"{os.getpid()}\n")
+
+
+@flow
+def introspect(out: str) -> None:
+    """Write what the flow's process sees to ``out`` (JSON): environment, Prefect's
+    settings, import path, cwd, argv, threads, modules, time zone, logging, signals."""
+    import datetime
+    import logging
+    import signal
+    import threading
+
+    from prefect.settings import get_current_settings
+    from prefect.types._datetime import in_local_tz
+
+    main = sys.modules.get("__main__")
+    names = ("SIGTERM", "SIGINT", "SIGHUP", "SIGCHLD", "SIGPIPE", "SIGQUIT", "SIGXFSZ")
+    handlers = {n: signal.getsignal(getattr(signal, n)) for n in names}
+    with open("/proc/self/status") as f:
+        umask = [line.split()[1] for line in f if line.startswith("Umask:")]
+    new_year = datetime.datetime(2024, 1, 1, tzinfo=datetime.UTC)
+    seen = {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "environ": dict(os.environ),
+        "settings": get_current_settings().model_dump(mode="json"),
+        "sys_path": list(sys.path),
+        "cwd": os.getcwd(),
+        "argv": list(sys.argv),
+        "orig_argv": list(sys.orig_argv),
+        "threads": sorted(t.name for t in threading.enumerate()),
+        "tasks": len(os.listdir("/proc/self/task")),
+        "agent_modules": sorted(m for m in sys.modules if m == "agent" or m.startswith("agent.")),
+        "modules": sorted(sys.modules),
+        "main": [getattr(main, "__name__", None), getattr(main, "__file__", None)],
+        "tzname": list(time.tzname),
+        "local_new_year": [str(new_year.astimezone()), str(in_local_tz(new_year))],
+        "prefect_log_level": logging.getLogger("prefect").getEffectiveLevel(),
+        "marker_log_level": logging.getLogger("agent_test_marker").level,
+        "root_handlers": [type(h).__name__ for h in logging.getLogger().handlers],
+        "signals": {n: getattr(h, "__qualname__", str(h)) for n, h in handlers.items()},
+        "umask": umask,
+        "stdout": [type(sys.stdout.buffer).__name__, sys.stdout.line_buffering],
+        "str_hash": hash("agent-test"),
+    }
+    print("introspect ran", flush=True)
+    with open(out, "w") as f:
+        json.dump(seen, f, default=str)

@@ -10,6 +10,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from examples import demo
 from tests.integration.conftest import Agent, executions
 from tests.integration.harness import execution, wait_for
@@ -41,6 +43,7 @@ def start_run(
     return run_id
 
 
+@pytest.mark.launches
 def test_flow_outlives_a_killed_worker_and_is_reported_once(agent: Agent, marker: Path) -> None:
     run_id = start_run(agent, marker, pause=8)
     os.kill(worker_pid(agent), signal.SIGKILL)
@@ -53,6 +56,7 @@ def test_flow_outlives_a_killed_worker_and_is_reported_once(agent: Agent, marker
     assert "adopted after its worker died; it ended" in agent.procs.log("worker")
 
 
+@pytest.mark.launches
 def test_flow_outliving_worker_and_shim_is_watched_to_the_end(agent: Agent, marker: Path) -> None:
     # Its output goes through the shim's pipe: with the shim gone, a flow that writes
     # would die of a broken pipe. This flow writes nothing (console logging off).

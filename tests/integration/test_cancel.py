@@ -66,6 +66,7 @@ def start_running(
 
 
 @pytest.mark.backends
+@pytest.mark.launches
 def test_running_run_cancelled_in_prefect_is_stopped_and_marked_cancelled(
     agent: Agent, marker: Path
 ) -> None:

@@ -94,6 +94,7 @@ def test_a_flow_past_its_memory_limit_is_crashed_by_the_oom_killer_and_the_host_
     emptied(agent)
 
 
+@pytest.mark.launches
 def test_cancelling_a_flow_kills_the_daemon_it_left_outside_its_process_group(
     contained: Agent,
 ) -> None:

@@ -86,8 +86,10 @@ def test_poller_killed_at_random_points_of_a_burst_loses_and_repeats_nothing(
 ) -> None:
     rng = random.Random(5)
     sup = start_agent(agent, workers=2)
-    deployment = agent.deploy("record")
-    run_ids = [agent.run(deployment, {"marker": str(marker)}) for _ in range(12)]
+    # Runs of 2 s: a warm launch finishes a run of `record` so fast that the burst would
+    # be claimed before the last kill.
+    deployment = agent.deploy("slow_record")
+    run_ids = [agent.run(deployment, {"marker": str(marker), "pause": 2}) for _ in range(12)]
 
     pids_killed: list[int] = []
     for _ in range(3):

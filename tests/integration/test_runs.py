@@ -5,11 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from examples import demo
 from tests.integration.conftest import AUTH, Agent, executions
 from tests.integration.harness import cmdlines, execution, free_port, tagged_pids, wait_for
 
 
+@pytest.mark.launches
 def test_env_and_import_paths_reach_the_flow_in_order_and_no_secret_leaks(agent: Agent) -> None:
     libs = agent.tmp / "libs"
     libs.mkdir()
@@ -72,6 +75,7 @@ def test_env_and_import_paths_reach_the_flow_in_order_and_no_secret_leaks(agent:
     assert (execution(agent.spool, run_id) / "output.log").read_text().count("show_env ran") == 1
 
 
+@pytest.mark.launches
 def test_failures_end_in_the_right_state_and_the_agent_keeps_going(
     agent: Agent, marker: Path
 ) -> None:

@@ -528,3 +528,15 @@ def test_a_silent_agent_without_live_runs_costs_one_look_and_no_proposal(world: 
     world.client.live = [flow_run(LOST_RUN, *THEM, kind="COMPLETED")]  # a server ignoring it
     world.reaper.run()
     assert world.call_names() == ["read_workers", "filter_flow_runs"]
+
+
+@pytest.mark.parametrize(
+    ("reap_after", "every"),
+    [(6.0, 10.0), (30.0, 10.0), (300.0, 30.0), (600.0, 60.0), (86400.0, 60.0)],
+)
+def test_the_reap_duty_looks_every_tenth_of_reap_after_between_10_s_and_a_minute(
+    reap_after: float, every: float
+) -> None:
+    # By default (10 minutes) one request a minute while idle; a lost host's runs are
+    # Crashed within reap_after plus one look.
+    assert reap.check_every(reap_after) == every
