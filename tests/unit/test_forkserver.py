@@ -1,6 +1,6 @@
-"""agent/worker/forkserver.py: how a forked flow ends (``run_main``, ``_exit_code``), what
-it is given in place of the warm process's view (``become_flow``), and the control
-socket's framing (``send``, ``receive``).
+"""Warm launches, agent/worker/flowfork.py and forkserver.py: how a forked flow ends
+(``run_main``, ``_exit_code``), what it is given in place of the warm process's view
+(``become_flow``), and the control socket's framing (``send``, ``receive``).
 
 Whatever touches the process (exit statuses, signals, atexit, the environment, sys.path)
 runs in a child process, next to a real interpreter doing the same, so pytest's own
@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from agent.worker.forkserver import _exit_code, receive, send
+from agent.worker.flowfork import _exit_code
+from agent.worker.forkserver import receive, send
 
 # Without PYTHONUNBUFFERED, so that what is left in a buffer at exit shows.
 ENV = {k: v for k, v in os.environ.items() if k not in ("PYTHONUNBUFFERED", "PYTHONPATH")}
@@ -51,7 +52,7 @@ def test_exit_codes_are_those_the_interpreter_gives(capsys: pytest.CaptureFixtur
 # happens but what run_main does.
 RUN_MAIN = """
 import os, sys
-from agent.worker.forkserver import run_main
+from agent.worker.flowfork import run_main
 body = sys.argv[1]
 os._exit(run_main(lambda: exec(body, {"__name__": "__main__"})))
 """
@@ -131,18 +132,18 @@ WARM_PARENT = """
 import json, os, sys
 base = [p for p in sys.path[1:] if p]
 import prefect
-from agent.worker import forkserver
+from agent.worker import flowfork
 
 def engine():
     with open(os.environ["AGENT_TEST_OUT"], "w") as f:
         json.dump({"path": sys.path, "orig_argv": sys.orig_argv}, f)
 
-forkserver._run_engine = engine
+flowfork._run_engine = engine
 for case in json.loads(sys.argv[1]):
     pid = os.fork()
     if pid == 0:
         os.chdir(case["cwd"])
-        os._exit(forkserver.become_flow(case["env"], base))
+        os._exit(flowfork.become_flow(case["env"], base))
     assert os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0, case
 """
 # What a cold start sees: `python -m <module>` in the run's cwd and environment.
