@@ -7,8 +7,9 @@ for each request forks:
 - a **shim** (the child): a new session, the run's cgroups, status.json, output capture,
   exactly agent/worker/shim.py's ``run``; it forks
 - the **flow** (the grandchild): the run's environment, cwd and ``sys.path`` put in
-  place of the warm parent's, Prefect's settings and logging read again from them, then
-  ``prefect.engine`` run as ``__main__``, as ``python -m prefect.engine`` would.
+  place of the warm parent's, Prefect's settings, logging and plugins read again from
+  them, then ``prefect.engine`` run as ``__main__``, as ``python -m prefect.engine``
+  would (agent/worker/flowfork.py).
 
 It forks only while it is the one thread of its process (a forked thread holds no lock
 it had), and never imports user code: the flow's deployment is loaded by the engine in

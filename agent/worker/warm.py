@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -158,7 +158,9 @@ class WarmProcess:
 class WarmHandle:
     note = "warm"
 
-    def __init__(self, warm: WarmProcess, pid: int, run_dir: Path, on_end: Any) -> None:
+    def __init__(
+        self, warm: WarmProcess, pid: int, run_dir: Path, on_end: Callable[[WarmProcess], None]
+    ) -> None:
         self._warm, self._pid, self._run_dir, self._on_end = warm, pid, run_dir, on_end
         self._who: ProcessId | None = identify(pid)
         self._lost = False
@@ -230,11 +232,6 @@ class WarmLauncher:
         handle = self.cold.start(argv, env, cwd, run_dir, keep_fds, echo_prefix, cgroups)
         handle.note = f"cold start: {why}"
         return handle
-
-    def close(self) -> None:
-        for warm in [*self._retired, *([self._warm] if self._warm else [])]:
-            warm.close()
-        self._warm, self._retired = None, []
 
     def _fork(
         self,
