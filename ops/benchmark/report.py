@@ -1,127 +1,218 @@
-"""The report: each side's settings, the machine, and the figures side by side."""
+"""The report: the machine, each side's settings, the figures side by side, then the
+issue's targets for the agent (met / missed, with the value)."""
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import functools
+import math
 from collections.abc import Callable
 
-from ops.benchmark.results import Result
-from ops.benchmark.sampling import Sample, mib
+from ops.benchmark import targets
+from ops.benchmark.results import CANCEL_WAIT_SECONDS, Burst, SideResult
+from ops.benchmark.sampling import POLLER, SUPERVISORD, WARM_PARENT, WORKER, RoleMemory, mib
+from ops.benchmark.targets import Target, finite, percentile, ratio
+
+ORDER = ("floor", "warm", "cold", "prefect")
+AGENTS = ("warm", "cold")
+Cell = Callable[[SideResult], str]
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Linear interpolation between closest ranks (numpy's default)."""
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    pos = (len(ordered) - 1) * q
-    low = int(pos)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
-
-
-def memory_cell(samples: list[Sample], group: str, kind: str = "rss") -> str:
-    """Peak / mean over the samples of the group's summed RSS (or PSS), MiB."""
-    values = [getattr(x, kind)[group] for x in samples if group in getattr(x, kind)]
-    if not values or not any(values):
+def pair(values: list[float]) -> str:
+    """``p50 / p95 (n)`` in seconds; ``-`` when nothing was measured."""
+    if not values:
         return "-"
-    return f"{mib(max(values))} / {mib(statistics.fmean(values))}"
+    return f"{percentile(values, 0.5):.2f} / {percentile(values, 0.95):.2f} (n={len(values)})"
 
 
-def cpu_cell(samples: list[Sample], group: str) -> str:
-    """CPU seconds the group's processes used over the window, and as % of one core."""
-    if len(samples) < 2 or samples[-1].at <= samples[0].at or group not in samples[0].cpu:
+def floor_wall(results: dict[str, SideResult], concurrency: int) -> float | None:
+    floor = results.get("floor")
+    burst = floor.bursts.get(concurrency) if floor else None
+    return finite(burst.wall()) if burst else None
+
+
+def burst_ratio(r: SideResult, results: dict[str, SideResult], c: int) -> float | None:
+    burst = r.bursts.get(c)
+    return ratio(burst.wall(), floor_wall(results, c)) if burst else None
+
+
+def pickup_values(r: SideResult, running: bool = False) -> list[float]:
+    picked = [p.to_running if running else p.to_pending for p in r.pickups]
+    return [x for x in picked if x is not None]
+
+
+def cancel_cell(r: SideResult, waiting: bool) -> str:
+    tried = [c for c in r.cancels if c.waiting == waiting]
+    if not tried:
         return "-"
-    used = samples[-1].cpu[group] - samples[0].cpu[group]
-    return f"{used:.2f} ({100 * used / (samples[-1].at - samples[0].at):.1f}%)"
+    done = r.cancel_seconds(waiting)
+    missing = len(tried) - len(done)
+    text = f"{percentile(done, 0.5):.2f} / {max(done):.2f} (n={len(done)}" if done else "(none"
+    text += f", {missing} not within {CANCEL_WAIT_SECONDS:.0f} s" if missing else ""
+    if waiting:  # the state it waited in: a Scheduled one the server cancels at once
+        text += ", was " + "/".join(sorted({c.was.lower() for c in tried}))
+    return text + ")"
 
 
-def p50_max(values: list[float]) -> str:
-    return f"{percentile(values, 0.5):.1f} / {max(values, default=float('nan')):.1f}"
+def role_mib(r: SideResult, role: str) -> float | None:
+    memory = r.memory.get(role)
+    return memory.largest / 1024 if memory and memory.count else None
 
 
-def throughput(r: Result, runs: int) -> str:
-    wall = r.wall()
-    return f"{runs / wall * 60:.1f}" if wall > 0 else "-"  # NaN > 0 is False
+def memory_cell(r: SideResult, role: str) -> str:
+    memory: RoleMemory | None = r.memory.get(role)
+    if memory is None or not memory.count:
+        return "-"
+    each = sorted(memory.peaks.values())
+    if len(each) == 1:
+        return mib(each[0])
+    return f"{mib(each[-1])} (x{len(each)}, smallest {mib(each[0])})"
 
 
-def peak_count(samples: list[Sample], group: str) -> int:
-    return max((x.count.get(group, 0) for x in samples), default=0)
+def api_per_minute(r: SideResult) -> float | None:
+    return r.api.per_minute if r.api else None
 
 
-def start_delay(r: Result) -> str:
-    delays = r.start_delays()
-    p50, p90 = percentile(delays, 0.5), percentile(delays, 0.9)
-    return f"{p50:.1f} / {p90:.1f} / {max(delays, default=float('nan')):.1f}"
+def burst_rows(concurrencies: list[int], results: dict[str, SideResult]) -> list[tuple[str, Cell]]:
+    rows: list[tuple[str, Cell]] = []
+    for c in concurrencies:
+
+        def get(r: SideResult, c: int = c) -> Burst | None:
+            return r.bursts.get(c)
+
+        def done(r: SideResult, c: int = c) -> str:
+            b = get(r, c)
+            return f"{b.completed}/{len(b.runs)} ran {b.executions}x" if b else "-"
+
+        def wall(r: SideResult, c: int = c) -> str:
+            b = get(r, c)
+            return "-" if b is None or math.isnan(b.wall()) else f"{b.wall():.1f}"
+
+        def times_floor(r: SideResult, c: int = c) -> str:
+            x = burst_ratio(r, results, c)
+            return "-" if x is None else f"{x:.2f}x"
+
+        def steps(r: SideResult, c: int = c) -> str:
+            b = get(r, c)
+            if b is None:
+                return "-"
+            claim, launch = b.between("SCHEDULED", "PENDING"), b.between("PENDING", "RUNNING")
+            return f"{percentile(claim, 0.5):.2f} / {percentile(launch, 0.5):.2f}"
+
+        def load(r: SideResult, c: int = c) -> str:
+            b = get(r, c)
+            return "-" if b is None else f"{b.load[0]:.1f} -> {b.load[1]:.1f}"
+
+        def linger(r: SideResult, c: int = c) -> str:
+            b = get(r, c)
+            return pair(b.lingers) if b and b.lingers else "-"
+
+        rows += [
+            (f"burst C={c}: runs Completed, executions", done),
+            (f"burst C={c}: machine's load average, start -> end", load),
+            (f"burst C={c}: wall, first created -> last Completed (s)", wall),
+            (f"burst C={c}: wall as a multiple of the floor's", times_floor),
+            (f"burst C={c}: claim p50 / launch p50 (s)", steps),
+            (f"burst C={c}: engine exits after Completed p50 / p95 (s)", linger),
+        ]
+    return rows
 
 
-def latency(r: Result) -> str:
-    e2e = r.latencies()
-    return f"{percentile(e2e, 0.5):.1f} / {percentile(e2e, 0.9):.1f}"
-
-
-Cell = Callable[[Result, int], str]  # (result, --runs) -> table cell
-
-ROWS: list[tuple[str, Cell]] = [
-    ("runs Completed", lambda r, n: f"{r.completed}/{n}"),
-    ("flow executions recorded", lambda r, n: str(r.executions)),
-    ("wall time, first created -> last Completed (s)", lambda r, n: f"{r.wall():.1f}"),
-    ("throughput (runs/min)", throughput),
-    ("start delay p50 / p90 / max (s)", lambda r, n: start_delay(r)),
-    ("end-to-end latency p50 / p90 (s)", lambda r, n: latency(r)),
-    ("  Scheduled -> Pending (claim) p50 / max (s)",
-     lambda r, n: p50_max(r.between("SCHEDULED", "PENDING"))),
-    ("  Pending -> Running (launch) p50 / max (s)",
-     lambda r, n: p50_max(r.between("PENDING", "RUNNING"))),
-    ("  Running -> Completed (flow) p50 / max (s)",
-     lambda r, n: p50_max(r.between("RUNNING", "COMPLETED"))),
-    ("flows running at once (peak seen)", lambda r, n: str(peak_count(r.burst, "flows"))),
-    ("own processes measured",
-     lambda r, n: f"{r.processes} ({peak_count(r.burst, 'own')})"),
-    ("own RSS while idle, peak / mean (MiB)", lambda r, n: memory_cell(r.idle, "own")),
-    ("own RSS during burst, peak / mean (MiB)", lambda r, n: memory_cell(r.burst, "own")),
-    ("own PSS during burst, peak / mean (MiB)",
-     lambda r, n: memory_cell(r.burst, "own", "pss")),
-    ("own CPU s while idle (% of a core)", lambda r, n: cpu_cell(r.idle, "own")),
-    ("own CPU s during burst (% of a core)", lambda r, n: cpu_cell(r.burst, "own")),
-    ("supervisord RSS during burst, peak / mean (MiB)",
-     lambda r, n: memory_cell(r.burst, "supervisord")),
-    ("supervisord CPU s during burst", lambda r, n: cpu_cell(r.burst, "supervisord")),
-    ("per-run shims, summed RSS peak / mean (MiB)",
-     lambda r, n: memory_cell(r.burst, "shims")),
-    ("per-run shims, CPU s in all (shims seen)",
-     lambda r, n: f"{r.shims[1]:.2f} ({r.shims[0]})" if r.shims[0] else "-"),
-    ("/api/health, server up: median / max ms",
-     lambda r, n: r.health_up.cell() if r.health_up else "-"),
-    ("/api/health, server stopped: median / max ms",
-     lambda r, n: r.health_down.cell() if r.health_down else "-"),
+OTHER_ROWS: list[tuple[str, Cell]] = [
+    ("idle pickup, created -> Pending p50 / p95 (s)", lambda r: pair(pickup_values(r))),
+    ("idle pickup, created -> Running p50 / p95 (s)", lambda r: pair(pickup_values(r, True))),
+    ("scheduled, due -> Running p50 / p95 (s)", lambda r: pair(r.lateness)),
+    ("cancel running, Cancelling -> process gone p50 / max (s)",
+     lambda r: cancel_cell(r, waiting=False)),
+    ("cancel waiting, Cancelling -> Cancelled p50 / max (s)",
+     lambda r: cancel_cell(r, waiting=True)),
+    ("API requests per minute while idle",
+     lambda r: "-" if (x := api_per_minute(r)) is None else f"{x:.1f}"),
+    ("  and websocket messages sent per minute",
+     lambda r: "-" if r.api is None or (x := r.api.messages_per_minute) is None
+     else f"{x:.1f}"),
+    ("idle RSS MiB, supervisord", lambda r: memory_cell(r, SUPERVISORD)),
+    ("idle RSS MiB, poller", lambda r: memory_cell(r, POLLER)),
+    ("idle RSS MiB, worker process (largest)", lambda r: memory_cell(r, WORKER)),
+    ("idle RSS MiB, warm parent (largest)", lambda r: memory_cell(r, WARM_PARENT)),
 ]  # fmt: skip
 
 
-def print_report(results: list[Result], args: argparse.Namespace, machine: list[str]) -> None:
+def target_rows(
+    results: dict[str, SideResult], concurrencies: list[int], prefect_at_defaults: bool
+) -> list[tuple[Target, Callable[[SideResult], float | None]]]:
+    rows: list[tuple[Target, Callable[[SideResult], float | None]]] = []
+    for c, target in ((2, targets.BURST_C2), (4, targets.BURST_C4)):
+        if c in concurrencies:
+            rows.append((target, functools.partial(burst_ratio, results=results, c=c)))
+    rows += [
+        (targets.PICKUP_P50, lambda r: finite(percentile(pickup_values(r), 0.5))),
+        (targets.PICKUP_P95, lambda r: finite(percentile(pickup_values(r), 0.95))),
+        (targets.CANCEL_RUNNING_P50,
+         lambda r: finite(percentile(r.cancel_seconds(False), 0.5))),
+        (targets.SCHEDULED_P95,
+         lambda r: finite(percentile([abs(x) for x in r.lateness], 0.95))),
+    ]  # fmt: skip
+    prefect = results.get("prefect")
+    api = targets.api_target(api_per_minute(prefect) if prefect and prefect_at_defaults else None)
+    if api is not None:
+        rows.append((api, api_per_minute))
+    rows += [(targets.WORKER_RSS, lambda r: role_mib(r, WORKER)),
+             (targets.POLLER_RSS, lambda r: role_mib(r, POLLER))]  # fmt: skip
+    return rows
+
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(x) for x in column) for column in zip(header, *rows, strict=True)]
+    for line in [header, *rows]:
+        first, *rest = line
+        cells = (x.rjust(w) for x, w in zip(rest, widths[1:], strict=True))
+        print("  ".join([first.ljust(widths[0]), *cells]))
+
+
+def print_report(
+    results: dict[str, SideResult],
+    args: argparse.Namespace,
+    machine: list[str],
+    prefect_at_defaults: bool,
+) -> None:
     print()
-    print(f"local-agent vs Prefect process worker: {args.runs} runs, concurrency "
-          f"{args.concurrency}, after {args.idle:.0f} s idle")  # fmt: skip
+    first, *more = args.concurrency
+    print(f"local-agent benchmark: parts {','.join(args.parts)}; C={first} for every part"
+          + (f", then C={','.join(map(str, more))} for bursts" if more else "")
+          + f"; {args.runs} runs per burst")  # fmt: skip
     for line in machine:
         print(f"  {line}")
-    for result in results:
-        print(f"{result.name} settings:")
-        for line in result.settings:
+    columns = [results[k] for k in ORDER if k in results]
+    for r in columns:
+        print(f"{r.name}:")
+        for line in r.settings:
             print(f"  {line}")
-        if result.own_peaks:
-            print(f"  own processes, peak RSS MiB: {result.own_peaks}")
     print()
-    by_name = {r.name: r for r in results}
-    columns = [by_name[name] for name in ("local-agent", "prefect process") if name in by_name]
-    cells = [[cell(r, args.runs) for _, cell in ROWS] for r in columns]
-    width = max(len(label) for label, _ in ROWS)
-    widths = [
-        max(len(r.name), *(len(c) for c in col)) for r, col in zip(columns, cells, strict=True)
-    ]
-    print(
-        "  ".join([" " * width, *(r.name.rjust(w) for r, w in zip(columns, widths, strict=True))])
+    rows = burst_rows(args.concurrency, results) + OTHER_ROWS
+    table(
+        ["", *(r.name for r in columns)],
+        [[label, *(cell(r) for r in columns)] for label, cell in rows],
     )
-    for i, (label, _) in enumerate(ROWS):
-        values = [col[i].rjust(w) for col, w in zip(cells, widths, strict=True)]
-        print("  ".join([label.ljust(width), *values]))
+    agents = [results[k] for k in AGENTS if k in results]
+    if agents:
+        print()
+        trows = target_rows(results, args.concurrency, prefect_at_defaults)
+        table(
+            ["targets (the agent)", "limit", *(r.name for r in agents)],
+            [[t.what, f"{t.limit:g}{t.unit}", *(t.cell(value(r)) for r in agents)]
+             for t, value in trows],
+        )  # fmt: skip
+        if "prefect" in results and not prefect_at_defaults:
+            print("idle API target not judged: Prefect's worker did not run at its defaults")
+        for r in agents:
+            parent = r.memory.get(WARM_PARENT)
+            size = memory_cell(r, WARM_PARENT) + " MiB" if parent and parent.count else "none"
+            print(f"{r.name}: warm parent process RSS while idle (no target): {size}")
+    for r in columns:
+        if r.api and r.api.lines:
+            top = ", ".join(f"{n}x {line}" for line, n in r.api.lines.most_common(5))
+            print(f"{r.name} idle requests in {r.api.seconds:.0f} s: {top}")
+    for r in columns:
+        for note in r.notes:
+            print(f"note, {r.name}: {note}")
