@@ -94,7 +94,7 @@ class Warm:
         self.control = control
         self.base_path = base_path  # sys.path as the interpreter made it, less ''
         self.slot = _env_slot(RUN_ID_VAR)
-        self.children: dict[int, None] = {}
+        self.children: set[int] = set()  # shims forked, not yet reaped
 
     def serve(self) -> int:
         try:
@@ -133,7 +133,7 @@ class Warm:
             except ChildProcessError:
                 done, status = pid, 0
             if done:
-                del self.children[pid]
+                self.children.discard(pid)
                 code = os.waitstatus_to_exitcode(status)
                 send(self.control, {"exited": pid, "code": code})
 
@@ -164,7 +164,7 @@ class Warm:
                     traceback.print_exc()
             finally:
                 os._exit(code)
-        self.children[pid] = None
+        self.children.add(pid)
         return {"started": pid}
 
     def _shim(self, request: dict[str, Any], fds: list[int]) -> int:
@@ -237,11 +237,8 @@ def main(control_fd: int = CONTROL_FD) -> int:
     # Before anything imports: sys.path as the interpreter made it, less the '' of -c.
     base_path = [p for p in sys.path[1:] if p]
     sys.path[:] = base_path  # nothing imported from the cwd
-    slot_ok = os.environ.get(RUN_ID_VAR) == RUN_ID_SLOT
     control = socket.socket(fileno=control_fd)
-    warm = Warm(control, base_path)
-    if not slot_ok:
-        warm.slot = None
+    warm = Warm(control, base_path)  # finds the placeholder's slot, or has none
     del os.environ[RUN_ID_VAR]  # the C block keeps it; Prefect must not see it
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C in a terminal: the worker decides
     try:

@@ -140,8 +140,7 @@ class ShimLauncher:
         (run_dir / shim.STATUS_FILE).unlink(missing_ok=True)
         # The credential reaches the flow only: the shim gets it through a pipe, not in
         # its own environment (readable in /proc/<pid>/environ as long as it lives).
-        secrets = {k: env[k] for k in SECRET_KEYS if k in env}
-        shim_env = {k: v for k, v in env.items() if k not in secrets}
+        shim_env, secrets = split_secrets(env)
         fds = list(keep_fds)
         cmd = [
             self.python,
@@ -182,6 +181,13 @@ class ShimLauncher:
 
 # The credential variables (agent/settings/config.py ApiSettings.secret_env).
 SECRET_KEYS = ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")
+
+
+def split_secrets(env: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """A run's environment without the credential, and the credential: the shim is
+    handed the one, and the other only for the flow's environment."""
+    secrets = {k: env[k] for k in SECRET_KEYS if k in env}
+    return {k: v for k, v in env.items() if k not in secrets}, secrets
 
 
 def _secrets_pipe(secrets: Mapping[str, str]) -> int:

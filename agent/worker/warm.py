@@ -28,7 +28,13 @@ from agent.core import launch
 from agent.core.environment import build_argv
 from agent.observe import metrics
 from agent.worker import forkserver
-from agent.worker.launcher import SECRET_KEYS, ExitStatus, ShimHandle, ShimLauncher, exit_status
+from agent.worker.launcher import (
+    ExitStatus,
+    ShimHandle,
+    ShimLauncher,
+    exit_status,
+    split_secrets,
+)
 from agent.worker.procid import ProcessId, identify
 
 log = logging.getLogger(__name__)
@@ -72,7 +78,6 @@ class WarmProcess:
         finally:
             theirs.close()
         self.sock = mine
-        self.env = dict(env)
         self.started = time.monotonic()
         self.runs = 0
         self.site: dict[str, int] | None = None  # import dirs' mtimes, once ready
@@ -114,12 +119,9 @@ class WarmProcess:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            ready, _, _ = select.select([self.sock], [], [], left)
-            if not ready:
-                return None
-            body = self._read()
+            body = self._receive(left)
             if body is None:
-                raise WarmError("the warm process ended")
+                return None
             if body.get("exited") == pid:
                 return int(body["code"])
 
@@ -135,23 +137,20 @@ class WarmProcess:
             self.proc.kill()
             self.proc.wait()
 
-    def _receive(self, timeout: float) -> dict[str, Any] | None:
+    def _receive(self, timeout: float | None) -> dict[str, Any] | None:
+        """The next message; None on timeout. WarmError at EOF, or when a message cannot
+        be read (as good as gone)."""
         ready, _, _ = select.select([self.sock], [], [], timeout)
         if not ready:
             return None
-        body = self._read()
-        if body is None:
-            raise WarmError(f"the warm process ended ({_exit_of(self.proc)})")
-        return body
-
-    def _read(self) -> dict[str, Any] | None:
-        """The next message; None at EOF (or when it cannot be read: as good as gone)."""
         try:
             body, fds = forkserver.receive(self.sock)
         except (OSError, ValueError):
-            return None
+            body, fds = None, []
         for fd in fds:
             os.close(fd)
+        if body is None:
+            raise WarmError(f"the warm process ended ({_exit_of(self.proc)})")
         return body
 
 
@@ -200,8 +199,9 @@ class WarmLauncher:
         self.cold = cold
         self.python = flow_python
         self.engine_argv = build_argv(None, flow_python)
-        # What every run inherits: the warm process starts with it (no credential).
-        self.env = {k: v for k, v in environ.items() if k not in SECRET_KEYS}
+        # What every run inherits (agent.core.environment.base_env: no credential); the
+        # warm process starts with it.
+        self.env = dict(environ)
         self.env.pop("PYTHONPATH", None)  # each run's is rebuilt, see agent/core/launch.py
         self.recycle_after = recycle_after
         self.max_log_bytes = max_log_bytes
@@ -245,17 +245,17 @@ class WarmLauncher:
         warm = self._current()
         warm.ready(max(0.0, warm.started + READY_SECONDS - time.monotonic()))
         assert warm.site is not None
-        now = {d: _mtime(d) for d in warm.site}
-        changed = launch.packages_changed(warm.site, now)
+        changed = launch.packages_changed(warm.site, forkserver.site_stamps(list(warm.site)))
         if changed:
             self._discard(failed=False)  # and a new one starts importing now
             raise WarmError(f"{changed}; a new warm process is starting", failed=False)
         (run_dir / "status.json").unlink(missing_ok=True)
+        shim_env, secrets = split_secrets(env)
         request = {
             "run_dir": str(run_dir),
             "argv": list(self.engine_argv),
-            "env": {k: v for k, v in env.items() if k not in SECRET_KEYS},
-            "secrets": {k: env[k] for k in SECRET_KEYS if k in env},
+            "env": shim_env,
+            "secrets": secrets,
             "cwd": cwd,
             "max_bytes": self.max_log_bytes,
             "echo": echo_prefix is not None,
@@ -305,13 +305,6 @@ class WarmLauncher:
         if warm in self._retired:
             self._retired.remove(warm)
             warm.close()
-
-
-def _mtime(directory: str) -> int | None:
-    try:
-        return os.stat(directory).st_mtime_ns
-    except OSError:
-        return None
 
 
 def _exit_of(proc: subprocess.Popen[bytes]) -> str:
