@@ -1,4 +1,5 @@
-"""A small client for the Prefect 3 REST API, on one ``requests.Session``.
+"""A small client for the Prefect 3 REST API, on one keep-alive HTTP session
+(agent/api/http.py: the standard library's sockets; requests cost a worker ~16 MiB).
 
 Only transient failures (connection errors, timeouts, 429, 502, 503, 504) are
 retried, with capped exponential backoff plus jitter, honouring ``Retry-After``, until
@@ -10,8 +11,8 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import email.utils
 import logging
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -19,18 +20,8 @@ from datetime import datetime
 from typing import Any
 from urllib.parse import quote
 
-import requests
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    before_sleep_log,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-    wait_random,
-)
-
 from agent.api import parse
+from agent.api.http import HttpConnectionError, HttpError, HttpSession, HttpTimeout, Response
 from agent.core.errors import (
     ApiError,
     ApiShapeError,
@@ -58,6 +49,8 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     try:
         seconds = float(value)
     except ValueError:
+        import email.utils  # only for the rare HTTP-date form: the module costs ~2 MiB
+
         try:
             when = email.utils.parsedate_to_datetime(value)
         except (TypeError, ValueError):
@@ -66,7 +59,7 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, min(seconds, defaults.API_RETRY_AFTER_CAP))
 
 
-def server_reason(response: requests.Response) -> str:
+def server_reason(response: Response) -> str:
     """The most useful words of an error response, kept short."""
     try:
         body = response.json()
@@ -88,37 +81,28 @@ def auth_header(settings: ApiSettings) -> dict[str, str]:
     return {}
 
 
-class _RetryWait:
-    """Retry-After when the server gave one, else exponential backoff with jitter;
-    never past the call's deadline (one last attempt happens at the deadline)."""
-
-    def __init__(self, deadline: float) -> None:
-        self._deadline = deadline
-        # Exponential from the initial wait up to the cap, plus up to the initial wait of
-        # jitter, so that many agents retrying one server do not retry in step.
-        self._backoff = wait_exponential(
-            multiplier=defaults.API_RETRY_INITIAL_WAIT, max=defaults.API_RETRY_MAX_WAIT
-        ) + wait_random(0, defaults.API_RETRY_INITIAL_WAIT)
-
-    def __call__(self, state: RetryCallState) -> float:
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, TransientApiError) and exc.retry_after is not None:
-            wait = exc.retry_after
-        else:
-            wait = float(self._backoff(state))
-        left = self._deadline - (state.seconds_since_start or 0.0)
-        return max(0.0, min(wait, left))
+def retry_wait(exc: TransientApiError, attempt: int, left: float) -> float:
+    """Retry-After when the server gave one, else exponential backoff from the initial
+    wait up to the cap plus up to the initial wait of jitter (so that many agents
+    retrying one server do not retry in step); never past the call's deadline."""
+    if exc.retry_after is not None:
+        wait = exc.retry_after
+    else:
+        initial = defaults.API_RETRY_INITIAL_WAIT
+        wait = min(defaults.API_RETRY_MAX_WAIT, initial * 2 ** (attempt - 1))
+        wait += random.uniform(0, initial)
+    return max(0.0, min(wait, left))
 
 
 class PrefectClient:
     def __init__(
         self,
         settings: ApiSettings,
-        session: requests.Session | None = None,
+        session: HttpSession | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.settings = settings
-        self.session = session or requests.Session()
+        self.session = session or HttpSession()
         self.session.headers.update(auth_header(settings))
         self.session.headers["X-PREFECT-API-VERSION"] = "0.8.4"
         self._sleep = sleep
@@ -143,7 +127,7 @@ class PrefectClient:
                 f"{self.settings.url}/health",
                 timeout=(defaults.API_PROBE_TIMEOUT, defaults.API_PROBE_TIMEOUT),
             )
-        except requests.RequestException:
+        except HttpError:
             return False
         return response.status_code == 200
 
@@ -161,37 +145,46 @@ class PrefectClient:
         limit = self.settings.retry_deadline if deadline is None else deadline
         if self._single_attempt:
             limit = 0.0
-        retrying = Retrying(
-            stop=stop_after_delay(limit),
-            wait=_RetryWait(limit),
-            retry=retry_if_exception_type(TransientApiError),
-            before_sleep=before_sleep_log(log, logging.WARNING),
-            sleep=self._sleep,
-            reraise=True,
-        )
-        return retrying(self._once, call, method, path, json)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return self._once(call, method, path, json)
+            except TransientApiError as exc:
+                # One last attempt happens at the deadline; none after it.
+                left = limit - (time.monotonic() - started)
+                if left <= 0:
+                    raise
+                wait = retry_wait(exc, attempt, left)
+                log.warning("Retrying %s in %.1f seconds: %s", call, wait, exc)
+                self._sleep(wait)
 
     def _once(self, call: str, method: str, path: str, json: Any) -> Any:
         url = f"{self.settings.url}{path}"
         started = time.monotonic()
         try:
-            response = self.session.request(
-                method,
-                url,
-                json=json,
-                timeout=(self.settings.connect_timeout, self.settings.read_timeout),
-            )
-        except requests.Timeout as exc:
+            timeout = (self.settings.connect_timeout, self.settings.read_timeout)
+            if json is None:  # no body at all (as requests did), not a JSON null
+                response = self.session.request(method, url, timeout=timeout)
+            else:
+                response = self.session.request(method, url, json=json, timeout=timeout)
+        except HttpTimeout as exc:
             metrics.API_ERRORS.labels(call, "timeout").inc()
             raise TransientApiError(call, f"timed out talking to {self._shown_url}") from exc
-        except requests.ConnectionError as exc:
+        except HttpConnectionError as exc:
             metrics.API_ERRORS.labels(call, "connection").inc()
-            raise TransientApiError(call, f"cannot reach {self._shown_url}") from exc
+            raise TransientApiError(call, f"cannot reach {self._shown_url}: {exc}") from exc
+        except HttpError as exc:
+            # Not a failure that waiting cures (a proxy setting this client cannot use,
+            # a request it refuses to send): said at once.
+            metrics.API_ERRORS.labels(call, "connection").inc()
+            raise ApiError(call, f"cannot talk to {self._shown_url}: {exc}") from exc
         finally:
             metrics.API_LATENCY.labels(call).observe(time.monotonic() - started)
         return self._decode(call, response)
 
-    def _decode(self, call: str, response: requests.Response) -> Any:
+    def _decode(self, call: str, response: Response) -> Any:
         status = response.status_code
         if status in TRANSIENT_STATUS:
             metrics.API_ERRORS.labels(call, "http_5xx" if status >= 500 else "http_4xx").inc()

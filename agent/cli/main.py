@@ -196,7 +196,7 @@ def start(ctx: click.Context, /, print_config: bool, **params: Any) -> None:
 @_fail_on_config_error
 def worker(ctx: click.Context, /, **p: Any) -> None:
     """Take claimed runs from the spool, one at a time, and run each as a subprocess."""
-    from agent.cli.wiring import run_worker
+    from agent.cli.worker_wiring import run_worker
 
     logs.setup(
         p["log_level"], os.environ.get("SUPERVISOR_PROCESS_NAME") or "worker", p["log_format"]

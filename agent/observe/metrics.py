@@ -9,25 +9,54 @@ Labels are of bounded cardinality only: never a flow run id.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import os
-from collections.abc import Callable, Iterable
+import sys
 from typing import Any
 
-from prometheus_client import (
-    REGISTRY,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-    multiprocess,
-)
-from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 
-from agent.core.causes import Cause
-from agent.core.claim import CONFLICT_REASONS
-from agent.core.states import Outcome
+def _lazy_package(name: str) -> None:
+    """Register package ``name`` without running its ``__init__`` until an attribute of
+    it is asked for: ``import name.sub`` then loads only ``sub`` and what it imports.
+
+    prometheus_client's ``__init__`` imports its HTTP exposition (http.server, wsgiref,
+    urllib.request, ssl: about 10 MiB); a worker only writes its counters to the
+    multiprocess files (``prometheus_client.metrics``) and must stay small. The poller
+    imports ``prometheus_client.exposition`` itself (agent/observe/exposition.py).
+    """
+    if name in sys.modules:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return  # not a package we can defer: a plain import will say what is wrong
+    module = importlib.util.module_from_spec(spec)
+    loader = spec.loader
+
+    def complete(attribute: str) -> object:
+        # `from . import values` (as the package's own modules do) asks for a submodule:
+        # load just that one. Anything else, e.g. someone's `from prometheus_client
+        # import Counter`, gets the whole package, as a plain import would.
+        if importlib.util.find_spec(f"{name}.{attribute}") is not None:
+            return importlib.import_module(f"{name}.{attribute}")
+        del module.__dict__["__getattr__"]
+        loader.exec_module(module)
+        return getattr(module, attribute)
+
+    module.__dict__["__getattr__"] = complete
+    sys.modules[name] = module
+
+
+_lazy_package("prometheus_client")
+
+# Only the modules that write values (no exposition): see _lazy_package. Never
+# `from prometheus_client import x`: that asks the package for x and runs its __init__.
+from prometheus_client.metrics import Counter, Gauge, Histogram  # noqa: E402
+from prometheus_client.multiprocess import mark_process_dead as _mark_dead  # noqa: E402
+
+from agent.core.causes import Cause  # noqa: E402
+from agent.core.claim import CONFLICT_REASONS  # noqa: E402
+from agent.core.states import Outcome  # noqa: E402
 
 
 def _private_dirs(path: str) -> None:
@@ -219,35 +248,6 @@ for _outcome in Outcome:
         FINISHED.labels(_outcome.value, _cause.value)
 
 
-class ScrapeTimeCollector(Collector):
-    """Values read from disk at scrape time: spool depth, worker states, outbox size."""
-
-    def __init__(
-        self,
-        spool_depth: Callable[[], dict[str, int]],
-        worker_states: Callable[[], dict[str, int]],
-        outbox_size: Callable[[], int] = lambda: 0,
-    ) -> None:
-        self._spool_depth = spool_depth
-        self._worker_states = worker_states
-        self._outbox_size = outbox_size
-
-    def collect(self) -> Iterable[GaugeMetricFamily]:
-        spool = GaugeMetricFamily(
-            "agent_spool_runs", "Flow runs in the spool by state", labels=["state"]
-        )
-        for state, count in sorted(self._spool_depth().items()):
-            spool.add_metric([state], count)
-        workers = GaugeMetricFamily("agent_workers", "Worker processes by state", labels=["state"])
-        for state, count in sorted(self._worker_states().items()):
-            workers.add_metric([state], count)
-        outbox = GaugeMetricFamily(
-            "agent_outbox_reports", "Reports waiting in the outbox for the API to come back"
-        )
-        outbox.add_metric([], self._outbox_size())
-        return [spool, workers, outbox]
-
-
 def _files(directory: str) -> list[tuple[str, int]]:
     """(path, pid) of every metrics file: prometheus_client names them ``<kind>_<pid>.db``."""
     found = []
@@ -268,53 +268,10 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def reset_if_whole_agent_starts(own_pid: int) -> bool:
-    """Called by a starting poller: when no other process of the agent is alive, the
-    whole agent is starting, so the files of earlier lives go. Never when a worker (or
-    the poller alone) restarts: their counter files carry the counts on across pids."""
-    directory = multiprocess_dir()
-    if not directory:
-        return False
-    files = _files(directory)
-    if any(pid != own_pid and _alive(pid) for _, pid in files):
-        return False
-    for path, pid in files:
-        if pid != own_pid:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-    return True
-
-
-def sweep_dead() -> None:
-    """Drop live gauges of processes that died without saying so (kill -9)."""
-    directory = multiprocess_dir()
-    if directory:
-        for pid in {pid for path, pid in _files(directory) if "_live" in path}:
-            if not _alive(pid):
-                mark_process_dead(pid)
-
-
-def render(extra: Collector | None = None) -> bytes:
-    """The Prometheus text exposition of all agent processes plus ``extra``."""
-    if multiprocess_dir():
-        sweep_dead()
-        # A fresh registry per scrape, as prometheus_client's multiprocess docs require.
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        if extra is not None:
-            registry.register(extra)
-        return generate_latest(registry)
-    if extra is not None:
-        scratch = CollectorRegistry()
-        scratch.register(extra)
-        return generate_latest(REGISTRY) + generate_latest(scratch)
-    return generate_latest(REGISTRY)
-
-
 def mark_process_dead(pid: int) -> None:
     """Drop a finished process's live gauges (counters and histograms keep counting)."""
     if multiprocess_dir():
-        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        _mark_dead(pid)  # type: ignore[no-untyped-call]
 
 
 _private_files()  # the files opened by the definitions above

@@ -14,8 +14,6 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from supervisor import childutils
-
 from agent.core.poison import Take, how_died
 
 log = logging.getLogger(__name__)
@@ -30,6 +28,10 @@ def _supervisor_log(environ: Mapping[str, str]) -> str | None:
     if not environ.get("SUPERVISOR_SERVER_URL"):
         return None
     try:
+        # Imported here: it pulls in xmlrpc and http.client, which only a worker that
+        # died before needs (the first take after the death).
+        from supervisor import childutils
+
         rpc: Any = childutils.getRPCInterface(dict(environ))
         text = rpc.supervisor.readLog(-LOG_TAIL_BYTES, 0)
     except Exception as exc:  # xmlrpc Fault (no log file), socket errors: best effort

@@ -21,7 +21,7 @@ import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agent.observe import metrics
+from agent.observe import exposition
 
 DASHBOARD_PATH = Path(__file__).resolve().parents[2] / "ops" / "grafana" / "local-agent.json"
 
@@ -277,7 +277,7 @@ def _families() -> Iterator[tuple[str, str]]:
     """(family name, type) of agent.metrics' registered metrics and scrape-time gauges."""
     for family in REGISTRY.collect():
         yield family.name, family.type
-    scrape = metrics.ScrapeTimeCollector(
+    scrape = exposition.ScrapeTimeCollector(
         lambda: {"waiting": 1, "running": 2}, lambda: {"busy": 1, "idle": 1, "dead": 0}
     )
     for family in scrape.collect():
@@ -447,7 +447,7 @@ def test_variable_query_refuses_metrics_regex() -> None:
 
 def test_exported_names_match_what_metrics_serves() -> None:
     """The names derived from metric types are what the exposition really contains."""
-    scrape = metrics.ScrapeTimeCollector(lambda: {"waiting": 0}, lambda: {"busy": 0})
+    scrape = exposition.ScrapeTimeCollector(lambda: {"waiting": 0}, lambda: {"busy": 0})
     scratch = CollectorRegistry()
     scratch.register(scrape)
     text = (generate_latest(REGISTRY) + generate_latest(scratch)).decode()

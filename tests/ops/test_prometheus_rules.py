@@ -21,7 +21,7 @@ import pytest
 import yaml  # type: ignore[import-untyped]  # PyYAML, installed with prefect
 from prometheus_client.metrics import MetricWrapperBase
 
-from agent.observe import metrics
+from agent.observe import exposition, metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROM_DIR = ROOT / "ops" / "prometheus"
@@ -228,7 +228,7 @@ def exported_metrics() -> dict[str, set[str]]:
                 names[f"{family.name}_count"] = labels
             else:
                 names[family.name] = labels
-    scrape_time = metrics.ScrapeTimeCollector(lambda: {"x": 1}, lambda: {"x": 1})
+    scrape_time = exposition.ScrapeTimeCollector(lambda: {"x": 1}, lambda: {"x": 1})
     for family in scrape_time.collect():
         names[family.name] = {k for s in family.samples for k in s.labels} | TARGET_LABELS
     return names

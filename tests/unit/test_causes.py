@@ -149,8 +149,9 @@ def test_every_outcome_and_cause_pair_starts_at_zero_in_a_fresh_process() -> Non
         "import json\n"
         "from agent.core.causes import Cause\n"
         "from agent.core.states import Outcome\n"
-        "from agent.observe import metrics\n"
-        "print(json.dumps({f'{o.value}/{c.value}': metrics.REGISTRY.get_sample_value(\n"
+        "from prometheus_client.registry import REGISTRY\n"
+        "from agent.observe import metrics  # noqa: F401  (defines them)\n"
+        "print(json.dumps({f'{o.value}/{c.value}': REGISTRY.get_sample_value(\n"
         "    'agent_flow_runs_finished_total', {'outcome': o.value, 'cause': c.value})\n"
         "    for o in Outcome for c in Cause}))\n"
     )

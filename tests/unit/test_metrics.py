@@ -14,7 +14,7 @@ import pytest
 
 from agent.core.causes import Cause
 from agent.core.claim import CONFLICT_REASONS
-from agent.observe import metrics
+from agent.observe import exposition, metrics
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_whole_agent_start_removes_every_other_file(mp_dir: Path, dead_pid: int)
     own = os.getpid()
     touch(mp_dir, f"counter_{own}.db", f"counter_{dead_pid}.db", f"histogram_{dead_pid}.db")
     touch(mp_dir, "notes.txt")  # not ours to judge
-    assert metrics.reset_if_whole_agent_starts(own) is True
+    assert exposition.reset_if_whole_agent_starts(own) is True
     assert sorted(p.name for p in mp_dir.iterdir()) == [f"counter_{own}.db", "notes.txt"]
 
 
@@ -57,7 +57,7 @@ def test_a_live_worker_means_a_restart_so_nothing_goes(
     own = os.getpid()
     names = [f"counter_{own}.db", f"counter_{live_pid}.db", f"counter_{dead_pid}.db"]
     touch(mp_dir, *names)
-    assert metrics.reset_if_whole_agent_starts(own) is False
+    assert exposition.reset_if_whole_agent_starts(own) is False
     assert sorted(p.name for p in mp_dir.iterdir()) == sorted(names)
 
 
@@ -71,7 +71,7 @@ def test_sweep_drops_live_gauges_of_dead_pids_only(
         f"gauge_mostrecent_{dead_pid}.db",  # e.g. the last poll time
         f"gauge_livemax_{live_pid}.db",
     )
-    metrics.sweep_dead()
+    exposition.sweep_dead()
     assert sorted(p.name for p in mp_dir.iterdir()) == sorted(
         [
             f"counter_{dead_pid}.db",
@@ -83,8 +83,8 @@ def test_sweep_drops_live_gauges_of_dead_pids_only(
 
 def test_without_a_multiprocess_dir_nothing_happens(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
-    assert metrics.reset_if_whole_agent_starts(os.getpid()) is False
-    metrics.sweep_dead()
+    assert exposition.reset_if_whole_agent_starts(os.getpid()) is False
+    exposition.sweep_dead()
 
 
 def test_counts_merge_across_processes_and_survive_their_death(tmp_path: Path) -> None:
@@ -96,7 +96,7 @@ def test_counts_merge_across_processes_and_survive_their_death(tmp_path: Path) -
     )
     for _ in range(2):
         subprocess.run([sys.executable, "-c", count], env=env, check=True)
-    show = "from agent.observe import metrics; print(metrics.render().decode())"
+    show = "from agent.observe import exposition; print(exposition.render().decode())"
     out = subprocess.run(
         [sys.executable, "-c", show], env=env, check=True, capture_output=True, text=True
     ).stdout
@@ -123,7 +123,9 @@ def test_labelled_counters_show_every_known_label_at_zero_before_anything_happen
     env = without_multiproc()
     if multiprocess:
         env["PROMETHEUS_MULTIPROC_DIR"] = str(tmp_path / "metrics")
-    out = run_python("from agent.observe import metrics; print(metrics.render().decode())", env)
+    out = run_python(
+        "from agent.observe import exposition; print(exposition.render().decode())", env
+    )
     assert out.returncode == 0, out.stderr
     expected = [
         *(f'agent_claim_conflicts_total{{reason="{r}"}} 0.0' for r in CONFLICT_REASONS),
@@ -161,11 +163,11 @@ def test_known_label_values_are_the_ones_the_code_counts_with() -> None:
 def test_the_poller_start_logs_no_prometheus_warning(tmp_path: Path) -> None:
     # What the poller does at start and at each change of its backend config.
     publish = (
-        "from agent.observe import metrics\n"
+        "from agent.observe import exposition, metrics\n"
         "for name in ('agent-a', 'agent-b'):\n"
         "    metrics.INFO.clear()\n"
         "    metrics.INFO.labels('1.0', name, 'pool').set(1)\n"
-        "print(metrics.render().decode())\n"
+        "print(exposition.render().decode())\n"
     )
     env = {**without_multiproc(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
     out = run_python(publish, env, "-W", "error::UserWarning")
@@ -191,3 +193,39 @@ def test_metrics_files_are_0600_and_the_folders_made_for_them_0700(tmp_path: Pat
     assert set(modes.values()) == {0o600}, modes
     for folder in (tmp_path / "run", directory):
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_a_process_that_only_counts_never_loads_prometheus_clients_exposition(
+    tmp_path: Path,
+) -> None:
+    """Workers import agent.observe.metrics alone: their values reach the files without
+    prometheus_client's HTTP exposition (http.server, urllib.request, ssl: ~10 MiB)."""
+    count = (
+        "import sys; from agent.observe import metrics\n"
+        "metrics.STARTED.inc(); metrics.FINISHED.labels('completed', 'exit_code').inc()\n"
+        "heavy = {'prometheus_client.exposition', 'http.server', 'urllib.request', 'ssl'}\n"
+        "print(sorted(heavy & set(sys.modules)))\n"
+    )
+    env = {**without_multiproc(), "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    out = run_python(count, env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
+    shown = run_python(
+        "from agent.observe import exposition; print(exposition.render().decode())", env
+    )
+    assert "agent_flow_runs_started_total 1.0" in shown.stdout
+    assert (
+        'agent_flow_runs_finished_total{cause="exit_code",outcome="completed"} 1.0' in shown.stdout
+    )
+
+
+def test_someone_elses_plain_import_of_prometheus_client_gets_the_whole_package() -> None:
+    code = (
+        "from agent.observe import metrics\n"
+        "from prometheus_client import CollectorRegistry, Counter, generate_latest\n"
+        "assert Counter is metrics.Counter\n"
+        "print(generate_latest(CollectorRegistry()) == b'')\n"
+    )
+    out = run_python(code, without_multiproc())
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"

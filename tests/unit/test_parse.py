@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-import requests
 
 from agent.api import parse
 from agent.api.client import PrefectClient
+from agent.api.http import Headers, HttpSession, Response
 from agent.core.errors import ApiShapeError
 from agent.core.states import (
     Answer,
@@ -335,7 +335,7 @@ def test_variable_not_an_object_is_a_shape_error(body: object, said: str) -> Non
 # -- a body that is not JSON at all: the client -----------------------------------------------
 
 
-class OneAnswer(requests.Session):
+class OneAnswer(HttpSession):
     """A session that answers every request with one response, and counts them."""
 
     def __init__(self, status: int, content_type: str, body: bytes) -> None:
@@ -343,15 +343,10 @@ class OneAnswer(requests.Session):
         self.answer = (status, content_type, body)
         self.sent = 0
 
-    def request(self, method: str | bytes, url: str | bytes, *args: Any, **kwargs: Any) -> Any:
+    def request(self, method: str, url: str, **kwargs: Any) -> Response:
         self.sent += 1
         status, content_type, body = self.answer
-        response = requests.Response()
-        response.status_code = status
-        response.headers["Content-Type"] = content_type
-        response._content = body
-        response.url = str(url)
-        return response
+        return Response(status, "", Headers([("Content-Type", content_type)]), body)
 
 
 @pytest.mark.parametrize(
