@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import stat
 import sys
 import threading
 import time
@@ -124,10 +125,26 @@ def run_main(main: Callable[[], object]) -> int:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
+    _flush_open_files()
     if interrupted:  # Python ends an uncaught KeyboardInterrupt by SIGINT
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         os.kill(os.getpid(), signal.SIGINT)
     return code
+
+
+def _flush_open_files() -> None:
+    """What the flow wrote to a file it never closed: the interpreter's exit frees every
+    module and so flushes such a file; a forked flow leaves by os._exit, which would lose
+    it. Only regular files: flushing a pipe or socket could block the exit."""
+    import gc
+    import io
+
+    for obj in gc.get_objects():  # ~0.07 s with prefect imported; Py_Finalize takes 0.35
+        if not isinstance(obj, io.BufferedIOBase | io.TextIOBase) or obj.closed:
+            continue
+        with contextlib.suppress(Exception):
+            if stat.S_ISREG(os.fstat(obj.fileno()).st_mode):
+                obj.flush()
 
 
 def _excepthook(exc: BaseException) -> None:

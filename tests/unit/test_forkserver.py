@@ -109,6 +109,21 @@ def test_a_flow_ends_as_the_interpreter_would_have_ended(body: str) -> None:
         assert warm[2] == cold[2]
 
 
+@pytest.mark.parametrize("mode", ["w", "wb", "a"])
+def test_a_file_the_flow_never_closed_keeps_what_was_written(tmp_path: Path, mode: str) -> None:
+    # A flow module's global file: the interpreter's exit frees it, which flushes it.
+    data = "b'kept'" if "b" in mode else "'kept'"
+    body = (
+        "import builtins\n"
+        f"f = open({str(tmp_path / 'x')!r}, {mode!r}); f.write({data})\n"
+        "builtins.kept_file = f  # alive until the very end, as a module's global\n"
+    )
+    for argv in ([sys.executable, "-c", body], [sys.executable, "-c", RUN_MAIN, body]):
+        (tmp_path / "x").unlink(missing_ok=True)
+        assert ended(argv)[0] == 0
+        assert (tmp_path / "x").read_text() == "kept", argv[2][:20]
+
+
 def test_the_endings_are_what_they_say() -> None:
     """The cold references themselves, so that the comparison above compares something."""
     assert ended([sys.executable, "-c", "raise SystemExit(261)"])[0] == 5
