@@ -20,6 +20,7 @@ POLLER_PARAMS = (
     *("pool", "work_queues", "name", "labels", "import_paths", "show_flow_logs"),
     *("hostname_label", "no_cloud_logs", "agent_config_id", "agent_config_refresh"),
     *("max_polls", "agent_address", "retention", "reap_after", "events"),
+    "poll_interval_max_pushed",
 )
 WORKER_PARAMS = (
     *SHARED_PARAMS,

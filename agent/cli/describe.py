@@ -47,6 +47,11 @@ def describe_config(ctx: click.Context, config: PollerConfig, backend: set[str])
             source(ctx, "agent_address"),
         ),
         ("max-polls", str(config.max_polls or "(for ever)"), source(ctx, "max_polls")),
+        (
+            "poll-interval-max-pushed",
+            describe_seconds(config.poll_interval_max_pushed),
+            source(ctx, "poll_interval_max_pushed"),
+        ),
         ("retention", describe_seconds(config.retention), source(ctx, "retention")),
         ("log-level", str(ctx.params["log_level"]), source(ctx, "log_level")),
         ("log-format", str(ctx.params["log_format"]), source(ctx, "log_format")),

@@ -125,6 +125,7 @@ def poller_config(ctx: click.Context, p: dict[str, Any]) -> PollerConfig:
             os.environ.get("AGENT_POLL_INTERVAL_MAX"),
             defaults.POLL_INTERVAL_MAX,
         ),
+        poll_interval_max_pushed=p["poll_interval_max_pushed"],
     )
 
 

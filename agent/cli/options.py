@@ -82,6 +82,25 @@ def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         raise click.BadParameter(str(exc), ctx, param) from None
 
 
+def parse_poll_cap(value: str | float, source: str) -> float:
+    """A poll interval cap: a duration (30s, 1m, seconds) no shorter than the shortest
+    poll interval, which the poller starts from after work."""
+    seconds = parse_duration(value, source)
+    if seconds < defaults.POLL_INTERVAL_MIN:
+        raise ConfigError(
+            f"{source} {value!r}: expected at least {defaults.POLL_INTERVAL_MIN:g}s "
+            "(the shortest poll interval)"
+        )
+    return seconds
+
+
+def _poll_cap(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    try:
+        return parse_poll_cap(value, f"--{param.name}".replace("_", "-"))
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from None
+
+
 def _address(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
     if value is None:
         return None
@@ -324,6 +343,19 @@ def poller_options(func: F) -> F:
                 envvar="AGENT_MAX_POLLS",
                 show_envvar=True,
                 help="Exit 0 after this many polls. Default: poll for ever.",
+            ),
+            click.option(
+                "--poll-interval-max-pushed",
+                default=f"{defaults.POLL_INTERVAL_MAX_PUSHED:g}s",
+                show_default=True,
+                envvar="AGENT_POLL_INTERVAL_MAX_PUSHED",
+                show_envvar=True,
+                callback=_poll_cap,
+                help="While Prefect's events stream is connected (new runs and "
+                "cancellations come by push), idle polls are up to this far apart instead "
+                f"of {defaults.POLL_INTERVAL_MAX:g}s; each poll looks as far past the "
+                "prefetch window, so scheduled runs still start on time. Above 60s, "
+                "Prefect shows the pool's queues and deployments as not ready.",
             ),
             click.option(
                 "--agent-address",

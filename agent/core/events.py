@@ -5,7 +5,10 @@ incoming message means. Pure.
 A run made ad hoc (UI, API), one back from retry, resume or a concurrency slot emits
 an event: the poller polls at once instead of at its next idle tick. Cancelling starts
 the run's cancellation at once. Runs a schedule makes emit none: polling with prefetch
-stays the safety net.
+(and look-ahead) stays the safety net. A deployment of the pool created or updated
+(its work pool is among the event's related resources) is when Prefect's scheduler makes
+runs within seconds (its recent-deployments loop, every 5 s): the poller polls at once
+and again from its shortest interval, doubling, to catch them.
 """
 
 from __future__ import annotations
@@ -22,6 +25,10 @@ WAKE_EVENTS = (
     "prefect.flow-run.AwaitingConcurrencySlot",
 )
 CANCEL_EVENT = "prefect.flow-run.Cancelling"
+# Whatever field an update changed: Prefect deletes a deployment's future scheduled runs
+# on every update and its scheduler makes them again. (Changing only its schedules emits
+# no event, nor does the /deployments/{id}/schedules API: polling covers those.)
+SCHEDULE_EVENTS = ("prefect.deployment.created", "prefect.deployment.updated")
 # On reconnect, events since the last one seen minus this are replayed (Prefect's own
 # subscriber uses a minute); those already seen are dropped by id.
 BACKFILL_MARGIN = timedelta(minutes=1)
@@ -31,6 +38,7 @@ FIRST_BACKFILL = timedelta(seconds=10)  # at the first connection: a moment befo
 class Kind(enum.Enum):
     WAKE = "wake"  # poll now
     CANCEL = "cancel"  # look for cancellations now
+    SCHEDULE = "schedule"  # poll now, then often for a while: runs are being scheduled
     OTHER = "other"
 
 
@@ -54,7 +62,8 @@ def filter_frame(pool_id: str, since: datetime) -> dict[str, Any]:
         "type": "filter",
         "filter": {
             "occurred": {"since": _iso(since), "until": _iso(until)},
-            "event": {"name": [*WAKE_EVENTS, CANCEL_EVENT]},
+            "event": {"name": [*WAKE_EVENTS, CANCEL_EVENT, *SCHEDULE_EVENTS]},
+            # The resource or any related one: deployment events relate their pool too.
             "any_resource": {"id": [f"prefect.work-pool.{pool_id}"]},
         },
     }
@@ -85,6 +94,8 @@ def read(message: Any) -> Seen | None:
         kind = Kind.WAKE
     elif name == CANCEL_EVENT:
         kind = Kind.CANCEL
+    elif name in SCHEDULE_EVENTS:
+        kind = Kind.SCHEDULE
     event_id = event.get("id")
     return Seen(
         kind,

@@ -212,7 +212,7 @@ EVENTS_CONNECTED = Gauge(
 EVENTS_RECEIVED = Counter(
     "agent_events_received_total",
     "Events from Prefect's stream that woke the poller, by what they asked",
-    ["kind"],  # wake (poll now) | cancel (look for cancellations now)
+    ["kind"],  # wake (poll now) | cancel (look for cancellations now) | schedule
 )
 # No labels: exported at 0 from every process's start.
 REAPED = Counter(
@@ -232,7 +232,7 @@ QUARANTINED = Counter(
 # (Prometheus practice). The values are those the code counts with (tests check each).
 OUTBOX_KINDS = ("state", "pid", "logs")  # agent.api.outbox's report kinds
 RUN_LOG_DROP_REASONS = ("queue_full", "rejected", "invalid", "shutdown")
-EVENT_KINDS = ("wake", "cancel")  # agent.core.events.Kind, but OTHER (never counted)
+EVENT_KINDS = ("wake", "cancel", "schedule")  # agent.core.events.Kind, but OTHER
 _KNOWN_LABELS: tuple[tuple[Counter, tuple[str, ...]], ...] = (
     (CLAIM_CONFLICTS, CONFLICT_REASONS),
     (RUN_LOGS_DROPPED, RUN_LOG_DROP_REASONS),

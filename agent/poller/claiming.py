@@ -1,4 +1,5 @@
-"""The claim duty: set the pool up, poll for due runs, claim what the workers can take.
+"""The claim duty: set the pool up, poll for due runs, claim what the workers can take,
+and note when the earliest run due after the prefetch window is (the loop's look-ahead).
 
 A spec is written ahead to tmp/ before the claim and published to new/ after it, so the
 poller holds no run in memory that is not also on disk; a lost reply is settled by the
@@ -14,6 +15,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from agent.api.parse import parse_api_time
 from agent.core import lifecycle
 from agent.core.claim import HOST_LABEL, POOL_LABEL, WORKER_LABEL, Claim
 from agent.core.errors import (
@@ -92,9 +94,14 @@ class Claiming:
         # Nothing is claimed that cannot be written; polling goes on (it proves the API).
         free = 0 if s.spool_error else s.free_slots()
         now = datetime.now(UTC)
+        claim_before = now + timedelta(seconds=s.config.prefetch_seconds)
+        claim_by = claim_before.timestamp()
+        s.next_due = None  # a failed poll knows of no run
+        # Runs due up to one idle sleep past the prefetch window are asked for too: they
+        # are not claimed, but the earliest tells the loop when to poll for it.
         runs = s.client.get_scheduled_flow_runs(
             s.config.pool,
-            now + timedelta(seconds=s.config.prefetch_seconds),
+            claim_before + timedelta(seconds=s.lookahead),
             s.config.work_queues,
             defaults.POLL_LIMIT,
         )
@@ -107,7 +114,14 @@ class Claiming:
         for flow_run in runs:
             if not lifecycle.claimable(flow_run.state):
                 continue  # a server that ignored part of the request
-            job_variables = self.job_variables(flow_run, deployments)
+            # Due after the prefetch window: seen early, claimed by a later poll. (The
+            # server sorts by queue priority first: a due run may still follow it.)
+            later = parse_api_time(flow_run.scheduled_start)
+            if later is not None and later <= claim_by:
+                later = None
+            if later is not None and s.next_due is not None and later >= s.next_due:
+                continue  # not sooner than one already known: no need to read its labels
+            job_variables = self.job_variables(flow_run, deployments, act=later is None)
             if job_variables is None:
                 continue
             try:
@@ -116,6 +130,9 @@ class Claiming:
                 labels = frozenset()  # claim it: the worker fails it, naming the variable
             if not labels_match(labels, s.config.labels):
                 log.debug("flow run %s needs labels %s: not for us", flow_run.id, sorted(labels))
+                continue
+            if later is not None:
+                s.next_due = later
                 continue
             if claimed >= free:
                 s.backlog = not s.spool_error  # a worker is short, not the disk
@@ -130,9 +147,10 @@ class Claiming:
         return claimed
 
     def job_variables(
-        self, flow_run: FlowRun, cache: dict[str, Deployment | None]
+        self, flow_run: FlowRun, cache: dict[str, Deployment | None], act: bool = True
     ) -> dict[str, Any] | None:
-        """Pool defaults < deployment < flow run; None when the deployment is gone."""
+        """Pool defaults < deployment < flow run; None when the deployment is gone (and,
+        with ``act``, the run is cancelled: a run not due yet is left until it is)."""
         deployment: Deployment | None = None
         if flow_run.deployment_id:
             if flow_run.deployment_id not in cache:
@@ -144,7 +162,8 @@ class Claiming:
                     cache[flow_run.deployment_id] = None
             deployment = cache[flow_run.deployment_id]
             if deployment is None:
-                self._deployment_gone(flow_run.id, flow_run.deployment_id)
+                if act:
+                    self._deployment_gone(flow_run.id, flow_run.deployment_id)
                 return None
         return merge_job_variables(
             self.s.pool_defaults,

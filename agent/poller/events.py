@@ -2,7 +2,9 @@
 
 An event for a run of this pool made ad hoc, or back from retry, resume or a
 concurrency slot, makes the poller poll at once; a Cancelling starts the cancellation
-duty at once. What each message means is agent/core/events.py.
+duty at once; a deployment of the pool created or updated makes it poll at once and
+often for a while. What each message means is agent/core/events.py. While connected,
+the poller's idle polls may be further apart (``connected``).
 
 Polling stays the safety net, so nothing here can stop the agent: a server with the
 stream turned off, a proxy that blocks websockets or a refused token is logged once
@@ -64,16 +66,22 @@ class EventStream(threading.Thread):
         wake: Callable[[], None],
         cancel: Callable[[], None],
         stop: threading.Event,
+        schedule: Callable[[], None],
     ) -> None:
         super().__init__(name="events", daemon=True)
         self.api, self._pool_id = api, pool_id
         # Not `_stop`: that name is threading.Thread's own method.
         self._wake, self._cancel, self._stopping = wake, cancel, stop
+        self._schedule = schedule
         self.connected_since: float | None = None
         self.last_error: str | None = None
         self._last_occurred: datetime | None = None
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._said_unavailable = False
+
+    @property
+    def connected(self) -> bool:
+        return self.connected_since is not None
 
     def status(self) -> dict[str, object]:
         """For /api/health?verbose: never a failure, polling covers for it."""
@@ -149,7 +157,10 @@ class EventStream(threading.Thread):
             self.connected_since = time.time()
             self._said_unavailable = False
             metrics.EVENTS_CONNECTED.set(1)
-            log.info("events stream connected: woken at once by new runs and cancellations")
+            log.info(
+                "events stream connected: woken at once by new runs, cancellations and "
+                "deployment changes"
+            )
             while not self._stopping.is_set():
                 try:
                     raw = ws.recv(timeout=1.0)
@@ -175,6 +186,10 @@ class EventStream(threading.Thread):
         ):
             self._last_occurred = seen.occurred
         metrics.EVENTS_RECEIVED.labels(seen.kind.value).inc()
+        if seen.kind is events.Kind.SCHEDULE:
+            log.debug("event %s: polling often while its runs are scheduled", seen.name)
+            self._schedule()
+            return
         log.debug("event %s for flow run %s", seen.name, seen.flow_run_id)
         if seen.kind is events.Kind.WAKE:
             self._wake()

@@ -15,7 +15,9 @@ def health(s: Shared, started_at: float) -> tuple[bool, dict[str, Any]]:
     """Each check with ``ok``, a ``reason`` when failing, and its values. Reads only
     what the loop keeps and the spool's files: never the API, so it answers fast."""
     now = time.time()
-    max_age = max(3 * s.config.poll_interval_max, 30.0)
+    # Three polls at the cap in force (s.lookahead: the longer one while the events
+    # stream is connected), so that an idle poll 30 s apart never looks overdue.
+    max_age = max(3 * max(s.config.poll_interval_max, s.lookahead), 30.0)
     since = s.last_success if s.last_success is not None else started_at
     age = now - since
     poll_ok = age <= max_age

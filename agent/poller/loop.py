@@ -4,7 +4,12 @@ Each round runs, in order, every duty that is due (agent/poller/duties.py lists 
 Between rounds it sleeps, waking early on /api/poke or an event from Prefect's events
 stream, on stop, for a freed worker when runs were left waiting, for the cancellation
 duty (every two seconds however idle) and, in an API outage, when a probe of
-``GET /health`` says it is back. It holds no run in memory that is not also on disk."""
+``GET /health`` says it is back. It holds no run in memory that is not also on disk.
+
+Idle, the sleep doubles up to a cap: poll_interval_max, or the longer
+poll_interval_max_pushed while the events stream is connected (it brings new runs by
+push). Each poll looks that cap past the prefetch window, so a scheduled run is seen
+before its window opens, and the sleep ends when the earliest one's window does."""
 
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from agent.api.client import PrefectClient
 from agent.api.outbox import Outbox
 from agent.api.reporter import Reporter
 from agent.api.runlogs import RunLogs
-from agent.core.backoff import next_poll_interval
+from agent.core.backoff import next_poll_interval, poll_cap
 from agent.core.errors import RET_OK
 from agent.observe import metrics
 from agent.poller import health
@@ -67,10 +72,19 @@ class Poller:
         self.interval = config.poll_interval_min
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Deployment events: counted by the events thread only, compared by the loop, so
+        # that one arriving at any moment is never lost.
+        self._schedule_changes = 0
+        self._schedule_changes_seen = 0
         self.events: EventStream | None = None
         if config.events:
             self.events = EventStream(
-                config.api, lambda: self.s.pool_id, self.poke, self.cancel_now, self._stop
+                config.api,
+                lambda: self.s.pool_id,
+                self.poke,
+                self.cancel_now,
+                self._stop,
+                schedule=self.schedule_changed,
             )
 
     def duty(self, name: str) -> Duty:
@@ -101,6 +115,18 @@ class Poller:
         self.duty("cancellations").next_at = float("-inf")
         self._wake.set()
 
+    def schedule_changed(self) -> None:
+        """A deployment of the pool was created or updated: Prefect's scheduler makes its
+        runs within seconds, with no event. Poll now, then from the shortest interval."""
+        self._schedule_changes += 1
+        self._wake.set()
+
+    def cap(self) -> float:
+        """The idle poll interval's cap in force now."""
+        config = self.s.config
+        pushed = self.events is not None and self.events.connected
+        return poll_cap(pushed, config.poll_interval_max, config.poll_interval_max_pushed)
+
     # -- the loop ------------------------------------------------------------------------
 
     def run(self) -> int:
@@ -109,6 +135,13 @@ class Poller:
         log.info(
             "agent %s %s: pool %r, labels %s, spool %s",
             *(config.name, __version__, config.pool, sorted(config.labels), self.s.spool.root),
+        )
+        pushed = poll_cap(True, config.poll_interval_max, config.poll_interval_max_pushed)
+        log.info(
+            "idle polls every %gs at most%s; runs due within %gs are claimed early",
+            config.poll_interval_max,
+            f", {pushed:g}s while the events stream is connected" if self.events else "",
+            config.prefetch_seconds,
         )
         if self.events is not None:
             self.events.start()
@@ -128,6 +161,14 @@ class Poller:
         """One round of the duties that are due; returns how many runs were claimed."""
         s = self.s
         s.claimed = 0
+        # One cap for the round: the poll looks this far ahead, so the sleep after it
+        # may be this long (the stream may connect meanwhile).
+        cap = s.lookahead = self.cap()
+        s.next_due = None  # known only from this round's poll
+        # A deployment changed before this round's poll: it polls, then poll often again.
+        changes = self._schedule_changes
+        rescheduled = changes != self._schedule_changes_seen
+        self._schedule_changes_seen = changes
         with s.client.single_attempt(s.outage.active):
             result = run_due(self.duties, time.monotonic(), s.outage)
         if result.spool_error:
@@ -140,9 +181,10 @@ class Poller:
         if not outage_started_this_round(result):
             s.outage.ok(result.failures)  # it answered (a 422 is an answer too)
         self.polls += 1
-        config = s.config
+        found_work = s.claimed > 0 or rescheduled
+        minimum = s.config.poll_interval_min
         self.interval = next_poll_interval(
-            self.interval, s.claimed > 0, config.poll_interval_min, config.poll_interval_max
+            self.interval, found_work, minimum, cap, self._until_next_window()
         )
         if result.failed and s.outage.active:
             # Agents of many hosts waiting out one outage must not retry in step.
@@ -150,12 +192,22 @@ class Poller:
         write_state(s, self.started_at)
         return s.claimed
 
+    def _until_next_window(self) -> float | None:
+        """Seconds until the prefetch window of the earliest run seen beyond it opens."""
+        if self.s.next_due is None:
+            return None
+        return self.s.next_due - self.s.config.prefetch_seconds - time.time()
+
     def _sleep(self, seconds: float) -> None:
         """Wait for the next round; wake early on poke, stop, the API's return, or a
         freed worker with runs waiting. Cancellations are looked for meanwhile."""
-        deadline = time.monotonic() + seconds
+        started = time.monotonic()
+        deadline = started + seconds
         cancellations = self.duty("cancellations")
         while not self._stop.is_set():
+            cap = self.cap()
+            if cap < self.s.lookahead:  # the stream dropped: no push, the shorter cap now
+                deadline = min(deadline, started + cap)
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
@@ -177,6 +229,8 @@ class Poller:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         ok, checks = health.health(self.s, self.started_at)
+        checks["poll"]["interval_seconds"] = round(self.interval, 3)
+        checks["poll"]["interval_cap_seconds"] = self.cap()
         if self.events is not None:
             checks["events"] = self.events.status()
         return ok, checks

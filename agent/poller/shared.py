@@ -37,6 +37,12 @@ class Shared:
     last_success: float | None = None  # wall time of the last successful poll
     backlog: bool = False  # eligible runs were left because no worker was free
     claimed: int = 0  # in the last round
+    # How far past the prefetch window a poll looks: the loop sets it each round to the
+    # idle cap in force, so a run is seen before its window opens however long the sleep.
+    lookahead: float = 0.0
+    # Wall time at which the earliest run the last poll saw beyond the prefetch window
+    # (ours by labels, claimable) is due; the loop wakes for its window. None: none seen.
+    next_due: float | None = None
 
     def free_slots(self) -> int:
         """Live workers minus runs waiting or running. Counted from the spool rather than

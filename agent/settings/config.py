@@ -81,6 +81,8 @@ class PollerConfig:
     hostname: str = field(default_factory=socket.gethostname)
     poll_interval_min: float = defaults.POLL_INTERVAL_MIN
     poll_interval_max: float = defaults.POLL_INTERVAL_MAX
+    # The cap while the events stream is connected (the larger of the two is used).
+    poll_interval_max_pushed: float = defaults.POLL_INTERVAL_MAX_PUSHED
     prefetch_seconds: float = defaults.PREFETCH_SECONDS
     heartbeat_seconds: float = defaults.HEARTBEAT_SECONDS
     supervisor_url: str | None = None  # set by supervisord; lets the poller start workers

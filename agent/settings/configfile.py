@@ -87,6 +87,9 @@ KEYS: dict[str, Key] = {
     "show-flow-logs": Key("show_flow_logs", _bool, "true or false"),
     "hostname-label": Key("hostname_label", _bool, "true or false"),
     "max-polls": Key("max_polls", _int, "an integer"),
+    "poll-interval-max-pushed": Key(
+        "poll_interval_max_pushed", _duration, "a duration (30s, 1m) or seconds"
+    ),
     "retention": Key("retention", _duration, "a duration (7d, 12h, 30m, 90s) or seconds"),
     "events": Key("events", _bool, "true or false"),
     "reap-after": Key("reap_after", _duration, "a duration (10m, 90s), seconds, or 0"),

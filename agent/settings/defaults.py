@@ -23,9 +23,15 @@ API_RETRY_AFTER_CAP = 60.0  # a server's Retry-After is honoured up to this
 
 # Poller: short interval while work flows, doubling to a cap while idle (Prefect 1
 # backed off 0.25 s .. 10 s); runs due within PREFETCH are claimed early so that
-# the engine (about 1.2 s to import prefect) starts them on time.
+# the engine (about 1.2 s to import prefect) starts them on time. While the events stream
+# is connected, new runs, retries and cancellations come by push and the idle cap is
+# POLL_INTERVAL_MAX_PUSHED: with the heartbeat (2/min) and the lost-hosts check (1/min)
+# that keeps idle requests at 5/min, below Prefect's own worker (a poll every 10 s).
+# Each poll looks the cap in force past PREFETCH, so a run already scheduled then is seen
+# before its window opens and the poller wakes for it: the longer sleep makes it no later.
 POLL_INTERVAL_MIN = 0.5
 POLL_INTERVAL_MAX = 10.0
+POLL_INTERVAL_MAX_PUSHED = 30.0
 PREFETCH_SECONDS = 10.0
 POLL_LIMIT = 200  # runs asked per poll; labels are filtered here, so leave headroom
 HEARTBEAT_SECONDS = 30.0  # the server marks a worker offline after 3 missed beats

@@ -151,7 +151,8 @@ class AgentSide(Side):
             f"supervisord -c supervisord.conf; AGENT_LAUNCH={self.key}, AGENT_WORKERS=C, "
             f"pool {self.pool} (local-agent); push wake-ups on (default)",
             f"poll every {defaults.POLL_INTERVAL_MIN:g} s while claiming, doubling to "
-            f"{defaults.POLL_INTERVAL_MAX:g} s while idle; prefetch "
+            f"{defaults.POLL_INTERVAL_MAX_PUSHED:g} s while idle with the events stream "
+            f"({defaults.POLL_INTERVAL_MAX:g} s without); prefetch "
             f"{defaults.PREFETCH_SECONDS:g} s, heartbeat {defaults.HEARTBEAT_SECONDS:g} s",
         ]
         demo.ensure_pool(self.world.client, self.pool)

@@ -107,8 +107,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add(
         "--idle",
         type=float,
-        default=75.0,
-        help="seconds of the idle window (default 75; API counted after the first 20)",
+        default=120.0,
+        help="seconds of the idle window (default 120; API counted after the first 35)",
     )
     add("--pickups", type=int, default=5, help="idle ad-hoc runs per side (default 5)")
     add("--scheduled", type=int, default=3, help="scheduled runs per side (default 3)")

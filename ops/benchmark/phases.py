@@ -18,9 +18,10 @@ from ops.benchmark.measure import RECORD, World
 from ops.benchmark.results import Burst, IdleApi, Pickup, entered, state_type, ts
 from ops.benchmark.sampling import Classifier, Sampler
 
-# The agent's idle poll interval doubles from 0.5 s to its 10 s cap: 0.5+1+2+4+8 = 15.5 s
-# after its last claim it polls at the cap. Idle figures start this long after activity.
-BACK_OFF_SECONDS = 20.0
+# The agent's idle poll interval doubles from 0.5 s to its cap, 30 s with the events
+# stream: 0.5+1+2+4+8+16 = 31.5 s after its last claim it polls at the cap (10 s without
+# the stream: 15.5 s). Idle figures start this long after activity.
+BACK_OFF_SECONDS = 35.0
 SCHEDULE_INTERVAL = 30.0
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
 _ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")

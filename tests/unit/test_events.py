@@ -50,6 +50,10 @@ FIVE_NAMES = {
     "prefect.flow-run.AwaitingConcurrencySlot",
     "prefect.flow-run.Cancelling",
 }
+DEPLOYMENT_NAMES = {"prefect.deployment.created", "prefect.deployment.updated"}
+ALL_NAMES = FIVE_NAMES | DEPLOYMENT_NAMES
+DEPLOYMENT = "5f2d7c1e-0a1b-4c2d-8e3f-9a8b7c6d5e4f"
+QUEUE = "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d"
 OFFSETS = [UTC, timezone(timedelta(hours=5, minutes=30)), timezone(-timedelta(hours=8))]
 WAKING = ("Scheduled", "Resuming", "AwaitingRetry", "AwaitingConcurrencySlot")
 UNAVAILABLE = "events stream unavailable"
@@ -89,6 +93,49 @@ def event(
     }
 
 
+def deployment_event(
+    name: str = "updated",
+    event_id: str = "d0000000-0000-4000-8000-000000000001",
+    pool: str = POOL,
+) -> dict[str, Any]:
+    """A message as Prefect 3.8.8 sends it for a deployment created or updated
+    (prefect/server/models/events.py): the deployment is the resource, its flow, work
+    queue and work pool are related."""
+    return {
+        "type": "event",
+        "event": {
+            "occurred": "2026-01-02T03:04:05.123456Z",
+            "event": f"prefect.deployment.{name}",
+            "resource": {
+                "prefect.resource.id": f"prefect.deployment.{DEPLOYMENT}",
+                "prefect.resource.name": "nightly",
+            },
+            "related": [
+                {
+                    "prefect.resource.id": "prefect.flow.7e0c3f1a-2b4d-4e6f-8a9b-0c1d2e3f4a5b",
+                    "prefect.resource.name": "etl",
+                    "prefect.resource.role": "flow",
+                },
+                {
+                    "prefect.resource.id": f"prefect.work-queue.{QUEUE}",
+                    "prefect.resource.name": "default",
+                    "prefect.resource.role": "work-queue",
+                },
+                {
+                    "prefect.resource.id": f"prefect.work-pool.{pool}",
+                    "prefect.resource.name": "local",
+                    "prefect.work-pool.type": "local-agent",
+                    "prefect.resource.role": "work-pool",
+                },
+            ],
+            "payload": {"updated_fields": ["paused"]} if name == "updated" else {},
+            "id": event_id,
+            "follows": None,
+            "received": "2026-01-02T03:04:05.223456Z",
+        },
+    }
+
+
 # -- agent/core/events.py: the frames ----------------------------------------------------------
 
 
@@ -100,14 +147,12 @@ def test_auth_frame_without_a_credential_sends_a_null_token() -> None:
     assert json.loads(json.dumps(events.auth_frame(None))) == {"type": "auth", "token": None}
 
 
-def test_filter_frame_asks_for_the_five_flow_run_events_of_the_pool_since_the_moment_given() -> (
-    None
-):
+def test_filter_frame_asks_for_the_pools_run_and_deployment_events_since_the_moment_given() -> None:
     frame = json.loads(json.dumps(events.filter_frame(POOL, NOW)))  # it is plain JSON
     assert frame["type"] == "filter"
     wanted = frame["filter"]
-    assert len(wanted["event"]["name"]) == 5
-    assert set(wanted["event"]["name"]) == FIVE_NAMES
+    assert len(wanted["event"]["name"]) == 7
+    assert set(wanted["event"]["name"]) == ALL_NAMES
     assert wanted["any_resource"] == {"id": [f"prefect.work-pool.{POOL}"]}
     since = datetime.fromisoformat(wanted["occurred"]["since"])
     until = datetime.fromisoformat(wanted["occurred"]["until"])
@@ -120,6 +165,31 @@ def test_filter_frame_writes_since_and_until_in_utc_whatever_the_offset_given() 
     occurred = events.filter_frame(POOL, elsewhere)["filter"]["occurred"]
     assert occurred["since"] == "2026-01-02T03:04:05.123456+00:00"
     assert occurred["until"].endswith("+00:00")
+
+
+def _server_filter(frame: dict[str, Any]) -> Any:
+    """Our filter as Prefect's own server reads it (prefect/server/api/events.py)."""
+    filters = pytest.importorskip("prefect.server.events.filters")
+    return filters.EventFilter.model_validate(json.loads(json.dumps(frame["filter"])))
+
+
+def _received(message: dict[str, Any]) -> Any:
+    schemas = pytest.importorskip("prefect.server.events.schemas.events")
+    return schemas.ReceivedEvent.model_validate(message["event"])
+
+
+@pytest.mark.parametrize("name", ["created", "updated"])
+def test_prefects_own_server_sends_a_deployment_event_of_the_pool_matched_by_a_related_resource(
+    name: str,
+) -> None:
+    """The deployment is the event's resource; the pool is only among its related ones,
+    which `any_resource` matches too (EventAnyResourceFilter.includes, prefect 3.8.8)."""
+    pool = "0f1e2d3c-4b5a-4978-8a6b-5c4d3e2f1a0b"  # the server's filter wants a real id shape
+    wanted = _server_filter(events.filter_frame(pool, NOW - timedelta(minutes=1)))
+    assert not wanted.excludes(_received(deployment_event(name, pool=pool)))
+    elsewhere = deployment_event(name, pool="9a8b7c6d-5e4f-4a3b-8c2d-1e0f9a8b7c6d")
+    assert wanted.excludes(_received(elsewhere))
+    assert wanted.excludes(_received(deployment_event("deleted", pool=pool)))
 
 
 def test_since_for_the_first_connection_is_ten_seconds_before_now() -> None:
@@ -158,6 +228,20 @@ def test_read_a_new_retried_resumed_or_unblocked_run_wakes_the_poller(
 def test_read_a_cancelling_run_starts_cancellation(occurred: str) -> None:
     seen = events.read(event("Cancelling", "e-2", occurred))
     assert seen == events.Seen(Kind.CANCEL, "e-2", NOW, RUN, "prefect.flow-run.Cancelling")
+
+
+@pytest.mark.parametrize("name", ["created", "updated"])
+def test_read_a_deployment_created_or_updated_asks_for_often_polls(name: str) -> None:
+    seen = events.read(deployment_event(name, "d-1"))
+    assert seen == events.Seen(
+        Kind.SCHEDULE, "d-1", NOW, None, f"prefect.deployment.{name}"
+    )  # no flow run: the runs are yet to be made
+
+
+@pytest.mark.parametrize("name", ["deleted", "ready", "not-ready"])
+def test_read_other_deployment_events_are_other(name: str) -> None:
+    seen = events.read(deployment_event(name))
+    assert seen is not None and seen.kind is Kind.OTHER
 
 
 @pytest.mark.parametrize("state", ["Running", "Pending", "Late", "Completed", "Cancelled"])
@@ -223,7 +307,7 @@ _MOMENTS = st.datetimes(timezones=st.one_of(st.none(), st.sampled_from(OFFSETS))
 _EVENT_BODIES = st.fixed_dictionaries(
     {},
     optional={
-        "event": st.one_of(st.sampled_from(sorted(FIVE_NAMES)), _ANY, st.lists(_ANY)),
+        "event": st.one_of(st.sampled_from(sorted(ALL_NAMES)), _ANY, st.lists(_ANY)),
         "id": st.one_of(st.uuids().map(str), _ANY),
         "occurred": st.one_of(_MOMENTS.map(datetime.isoformat), st.text(max_size=40), _ANY),
         "resource": st.one_of(
@@ -334,12 +418,16 @@ class FakePrefect:
 class Calls:
     wakes: int = 0
     cancels: int = 0
+    schedules: int = 0
 
     def wake(self) -> None:
         self.wakes += 1
 
     def cancel(self) -> None:
         self.cancels += 1
+
+    def schedule(self) -> None:
+        self.schedules += 1
 
 
 class Harness:
@@ -366,7 +454,12 @@ class Harness:
             url=f"http://127.0.0.1:{port}/api", key=key, auth_string=None if key else AUTH
         )
         stream = EventStream(
-            api, pool_id=pool_id, wake=calls.wake, cancel=calls.cancel, stop=self.stop
+            api,
+            pool_id=pool_id,
+            wake=calls.wake,
+            cancel=calls.cancel,
+            stop=self.stop,
+            schedule=calls.schedule,
         )
         stream.start()
         self.streams.append(stream)
@@ -446,7 +539,7 @@ def test_the_filter_names_the_pool_and_starts_ten_seconds_before_the_first_conne
     [sent] = fake.filters
     assert sent["type"] == "filter"
     assert sent["filter"]["any_resource"] == {"id": [f"prefect.work-pool.{POOL}"]}
-    assert set(sent["filter"]["event"]["name"]) == FIVE_NAMES
+    assert set(sent["filter"]["event"]["name"]) == ALL_NAMES
     since = datetime.fromisoformat(sent["filter"]["occurred"]["since"])
     assert before - timedelta(seconds=10) <= since <= after - timedelta(seconds=10)
 
@@ -467,6 +560,16 @@ def test_a_cancelling_event_starts_cancellation_once(harness: Harness) -> None:
     assert (calls.wakes, calls.cancels) == (0, 1)
 
 
+def test_a_deployment_event_asks_for_often_polls_once_and_neither_wakes_nor_cancels(
+    harness: Harness,
+) -> None:
+    fake = harness.prefect([deployment_event("created", "d-1"), deployment_event("updated", "d-2")])
+    _, calls = harness.stream(fake.port)
+    assert eventually(lambda: calls.schedules == 2)
+    time.sleep(0.1)
+    assert (calls.wakes, calls.cancels, calls.schedules) == (0, 0, 2)
+
+
 def test_a_running_event_and_messages_that_are_not_events_call_neither(harness: Harness) -> None:
     sentinel = event("Cancelling", "e-last")  # handled after everything before it
     fake = harness.prefect(
@@ -474,7 +577,7 @@ def test_a_running_event_and_messages_that_are_not_events_call_neither(harness: 
     )
     stream, calls = harness.stream(fake.port)
     assert eventually(lambda: calls.cancels == 1)
-    assert calls.wakes == 0
+    assert (calls.wakes, calls.schedules) == (0, 0)
     assert stream.status()["connected"] is True  # none of it broke the connection
 
 
@@ -519,11 +622,13 @@ def test_status_says_connected_while_subscribed_and_not_once_the_server_is_gone(
     stream, _ = harness.stream(fake.port)
     assert eventually(lambda: stream.status()["connected"] is True)
     up = stream.status()
+    assert stream.connected  # what the poller's idle cap follows
     assert up["ok"] is True and up["last_error"] is None
     connected_since = up["connected_since"]
     assert isinstance(connected_since, float) and connected_since <= time.time()
     fake.shut()
     assert eventually(lambda: stream.status()["connected"] is False)
+    assert not stream.connected
     down = stream.status()
     assert down["ok"] is True  # polling covers for it: never a failed health check
     assert down["connected_since"] is None

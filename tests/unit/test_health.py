@@ -305,3 +305,18 @@ def test_health_body_healthy() -> None:
         "reasons": {},
         "checks": {"poll": True, "workers": True, "spool": True},
     }
+
+
+def test_with_the_events_stream_connected_a_poll_may_be_three_pushed_caps_old(
+    world: World,
+) -> None:
+    """Idle polls 30 s apart must never look overdue: the limit is 3 x the cap in force."""
+    assert world.poller.events is not None
+    world.poller.events.connected_since = time.time()
+    world.poller.tick()
+    world.poller.s.last_success = time.time() - 45  # one and a half idle sleeps
+    ok, checks = world.poller.health()
+    assert ok
+    assert checks["poll"]["max_age_seconds"] == 90.0
+    world.poller.s.last_success = time.time() - 95
+    assert set(reasons(world.poller)) == {"poll"}
