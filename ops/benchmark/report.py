@@ -11,7 +11,7 @@ from collections.abc import Callable
 from ops.benchmark import targets
 from ops.benchmark.results import CANCEL_WAIT_SECONDS, Burst, SideResult
 from ops.benchmark.sampling import POLLER, SUPERVISORD, WARM_PARENT, WORKER, RoleMemory, mib
-from ops.benchmark.targets import Target, finite, percentile, ratio
+from ops.benchmark.targets import MISSED, Target, finite, percentile, ratio
 
 ORDER = ("floor", "warm", "cold", "prefect")
 AGENTS = ("warm", "cold")
@@ -34,6 +34,19 @@ def floor_wall(results: dict[str, SideResult], concurrency: int) -> float | None
 def burst_ratio(r: SideResult, results: dict[str, SideResult], c: int) -> float | None:
     burst = r.bursts.get(c)
     return ratio(burst.wall(), floor_wall(results, c)) if burst else None
+
+
+def linger_share(results: dict[str, SideResult], c: int) -> tuple[float, float] | None:
+    """(the floor's engines' p50 life after Completed, that as a multiple of the floor's
+    time per run and slot): a slot is busy that long on every side, whatever launches
+    it, so no side's burst ratio can go below it. None without the floor's figures."""
+    floor = results.get("floor")
+    burst = floor.bursts.get(c) if floor else None
+    wall = floor_wall(results, c)
+    if burst is None or wall is None or not burst.lingers or not burst.runs:
+        return None
+    linger = percentile(burst.lingers, 0.5)
+    return linger, linger / (wall * c / len(burst.runs))
 
 
 def pickup_values(r: SideResult, running: bool = False) -> list[float]:
@@ -203,6 +216,16 @@ def print_report(
             [[t.what, f"{t.limit:g}{t.unit}", *(t.cell(value(r)) for r in agents)]
              for t, value in trows],
         )  # fmt: skip
+        for c, target in ((2, targets.BURST_C2), (4, targets.BURST_C4)):
+            share = linger_share(results, c)
+            missed = any(target.verdict(burst_ratio(r, results, c)) == MISSED for r in agents)
+            if share is not None and missed:
+                print(
+                    f"burst at C={c}, why missed: a finished engine lives on {share[0]:.2f} s "
+                    f"(p50) after Completed (Prefect's own heartbeat join, ops/benchmark.md); "
+                    f"a slot is busy until its process exits, on every side: {share[1]:.2f}x "
+                    "of the floor's time per run and slot, whatever launches it"
+                )
         if "prefect" in results and not prefect_at_defaults:
             print("idle API target not judged: Prefect's worker did not run at its defaults")
         for r in agents:

@@ -74,6 +74,23 @@ def test_report_judges_each_agent_side_against_the_floor_and_prefect(
     assert messages.split()[-3:] == ["2.0", "2.0", "2.0"]  # the floor's column is "-"
 
 
+def test_a_missed_burst_target_says_how_long_finished_engines_held_their_slot(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    floor = side("floor", "floor", (20.0, 10.0), 0)
+    # 4 runs at C=2 in 20 s: 10 s per run and slot; the engines lived on 1, 3, 3, 5 s.
+    floor.bursts[2].runs *= 4
+    floor.bursts[2].lingers = [1.0, 3.0, 3.0, 5.0]
+    results = {"floor": floor, "warm": side("warm", "agent warm", (16.0, 7.0), 6)}
+    args = argparse.Namespace(parts=["burst"], concurrency=[2, 4], runs=4)
+    print_report(results, args, [], prefect_at_defaults=False)
+    out = capsys.readouterr().out
+    why = [line for line in out.splitlines() if "why missed" in line]
+    assert len(why) == 1  # C=4 was met (0.70x): nothing to explain
+    assert why[0].startswith("burst at C=2, why missed: a finished engine lives on 3.00 s")
+    assert "0.30x of the floor's time per run and slot" in why[0]
+
+
 def test_without_prefect_at_its_defaults_the_api_target_is_not_judged(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
