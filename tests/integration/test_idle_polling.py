@@ -65,9 +65,11 @@ def test_idle_with_the_stream_polls_every_30s_and_still_takes_an_ad_hoc_run_at_o
     assert poll_check(agent)["interval_cap_seconds"] == PUSHED_CAP
     assert "30s while the events stream is connected" in agent.procs.log("poller")
     before, began = polls(agent), time.monotonic()
-    wait_for(lambda: polls(agent) > before, PUSHED_CAP + 10, "the next idle poll")
+    wait_for(lambda: polls(agent) > before, PUSHED_CAP + 20, "the next idle poll")
     gap = time.monotonic() - began
-    assert PUSHED_CAP - 3 < gap < PUSHED_CAP + 3, f"idle polls {gap:.1f}s apart"
+    # Not 10 s apart (the cap without the stream); the upper margin is for a loaded
+    # machine's slow answer to the poll itself.
+    assert PUSHED_CAP - 3 < gap < PUSHED_CAP + 15, f"idle polls {gap:.1f}s apart"
     assert polls(agent) == before + 1
 
     # Idle, the next poll 30 s away: the run's event wakes the poller.
@@ -105,8 +107,9 @@ def test_a_new_deployments_first_scheduled_run_starts_on_time(agent: Agent) -> N
     deployment = agent.client.request("create_deployment", "POST", "/deployments/", body)["id"]
     try:
         # The deployment event: a poll at once, then polls from the shortest interval.
-        wait_for(lambda: polls(agent) > before, 3, "a poll on the deployment event")
-        assert poll_check(agent)["interval_seconds"] <= 1.0
+        wait_for(lambda: polls(agent) > before, 10, "a poll on the deployment event")
+        # Back from 8 s or more to the shortest, doubling again since (0.5, 1, 2 ...).
+        assert poll_check(agent)["interval_seconds"] < 8
         assert "event prefect.deployment.created" in agent.procs.log("poller")
 
         def first_run() -> dict[str, Any] | None:
