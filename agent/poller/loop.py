@@ -3,8 +3,9 @@
 Each round runs, in order, every duty that is due (agent/poller/duties.py lists them).
 Between rounds it sleeps, waking early on /api/poke or an event from Prefect's events
 stream, on stop, for a freed worker when runs were left waiting, for the cancellation
-duty (every two seconds however idle) and, in an API outage, when a probe of
-``GET /health`` says it is back. It holds no run in memory that is not also on disk.
+duty (every two seconds however idle), when a spool it could not write to takes a
+byte again and, in an API outage, when a probe of ``GET /health`` says it is back.
+It holds no run in memory that is not also on disk.
 
 Idle, the sleep doubles up to a cap: poll_interval_max, or the longer
 poll_interval_max_pushed while the events stream is connected (it brings new runs by
@@ -199,10 +200,12 @@ class Poller:
         return self.s.next_due - self.s.config.prefetch_seconds - time.time()
 
     def _sleep(self, seconds: float) -> None:
-        """Wait for the next round; wake early on poke, stop, the API's return, or a
-        freed worker with runs waiting. Cancellations are looked for meanwhile."""
+        """Wait for the next round; wake early on poke, stop, the API's return, a spool
+        writable again, or a freed worker with runs waiting. Cancellations are looked for
+        meanwhile."""
         started = time.monotonic()
         deadline = started + seconds
+        spool_recheck_at = started + defaults.SPOOL_RECHECK_SECONDS
         cancellations = self.duty("cancellations")
         while not self._stop.is_set():
             cap = self.cap()
@@ -214,6 +217,11 @@ class Poller:
             if self._wake.wait(min(remaining, defaults.LOCAL_CHECK_SECONDS)):
                 self._wake.clear()
                 return
+            if self.upkeep.probe_failed and time.monotonic() >= spool_recheck_at:
+                spool_recheck_at = time.monotonic() + defaults.SPOOL_RECHECK_SECONDS
+                self.upkeep.probe_spool()  # local: a write of one byte
+                if not self.upkeep.probe_failed:
+                    return  # space again: claim what waited
             if self.s.outage.active:
                 if self.s.outage.returned():
                     return

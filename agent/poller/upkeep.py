@@ -21,6 +21,9 @@ class Upkeep:
     def __init__(self, shared: Shared) -> None:
         self.s = shared
         self._backend: backend_config.BackendSettings | None = None
+        # The last probe failed: the sleeping poller probes again every second, so that
+        # claims resume as soon as there is space, not at the next idle poll (up to 30 s).
+        self.probe_failed = False
 
     def heartbeat(self) -> None:
         config = self.s.config
@@ -35,6 +38,7 @@ class Upkeep:
         elif self.s.spool_error and not error:
             log.info("spool %s is writable again", self.s.spool.root)
         self.s.spool_error = error
+        self.probe_failed = error is not None
 
     def deliver_outbox(self) -> None:
         """Reports kept while the API was away go before any new claim."""

@@ -46,6 +46,7 @@ REAP_CHECK_MAX_SECONDS = 60.0
 # doubling from 1 s up to this; polling goes on meanwhile.
 EVENTS_RETRY_MAX = 60.0
 LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks for freed workers
+SPOOL_RECHECK_SECONDS = 1.0  # how often it probes a spool it could not write to
 
 # Worker.
 WORKER_IDLE_SLEEP = 0.5

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -394,6 +396,46 @@ def test_a_full_spool_claims_nothing_says_why_and_resumes_by_itself(
     assert [c["type"] for c in world.client.claims] == ["PENDING"]
     assert world.spool.run_ids(NEW) == [world.client.run_id]
     assert entries(world.spool, TMP) == []
+
+
+def test_a_sleeping_poller_probes_a_full_spool_each_second_and_wakes_when_it_has_room(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Its idle sleep may be 30 s with the events stream up; claims resume within a second
+    # or so of space returning all the same.
+    disk = FillingDisk(room=0)
+    monkeypatch.setattr("agent.spool.files.os.write", disk)
+    world.poller.tick()
+    probes = len(disk.partial)
+    started = time.monotonic()
+    world.poller._sleep(2.6)  # still full: no early wake, a probe each second
+    assert time.monotonic() - started >= 2.6
+    assert len(disk.partial) - probes >= 2
+    assert world.spool_reason() == f"spool {world.spool.root}: cannot write: {NO_SPACE}"
+
+    threading.Timer(0.3, lambda: setattr(disk, "room", 10**9)).start()
+    started = time.monotonic()
+    world.poller._sleep(30.0)
+    assert time.monotonic() - started < 3.0
+    assert world.spool_reason() is None  # health says so before the next round
+    world.poller.tick()
+    assert [c["type"] for c in world.client.claims] == ["PENDING"]
+
+
+def test_a_spec_too_big_for_the_space_left_does_not_make_the_poller_wake_each_second(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The probe's byte fits, the spec does not: a wake each second would poll the API
+    # each second for as long as the disk stays nearly full.
+    disk = FillingDisk(room=1)
+    monkeypatch.setattr("agent.spool.files.os.write", disk)
+    world.poller.tick()
+    assert world.client.claims == []
+    writes = len(disk.partial)
+    started = time.monotonic()
+    world.poller._sleep(1.6)
+    assert time.monotonic() - started >= 1.6
+    assert len(disk.partial) == writes  # no probe while asleep
 
 
 def test_a_spec_too_big_for_the_space_left_is_not_claimed(
