@@ -14,6 +14,10 @@ The Crashed it gets carries a transition id made from the run's current state id
 that two agents reaping the same run at once propose the same transition: Prefect takes
 the first and rejects the second as a duplicate (PreventDuplicateTransitions), and a
 final state reached meanwhile (the flow's own end) refuses both.
+
+A host that was only cut off (a network partition) reads that Crashed when it can reach
+Prefect again (``reaped``), and its worker stops the run's processes: a run Prefect shows
+final must not run on where nothing watches it, and beside a retry of it elsewhere.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from dataclasses import dataclass
 
 from agent.core.claim import HOST_LABEL, WORKER_LABEL
 from agent.core.lifecycle import Proposal, crashed
-from agent.core.states import FlowRun, StateType
+from agent.core.states import FlowRun, RunState, StateType
 from agent.settings import defaults
 
 _NAMESPACE = uuid.UUID("6f1c3c3e-3f0e-4c55-9a43-3c4f1f0b7a11")  # local-agent's own
 LIVE = (StateType.PENDING, StateType.RUNNING)
+LOST_PREFIX = "Flow run infrastructure lost with its host: "  # every reaper's Crashed
 
 
 @dataclass(frozen=True)
@@ -95,12 +100,24 @@ def check_every(reap_after: float) -> float:
 
 def proposal(lost: Lost, me: tuple[str, str], reap_after: float) -> Proposal:
     message = (
-        f"Flow run infrastructure lost with its host: agent {lost.agent!r} on {lost.host} "
+        f"{LOST_PREFIX}agent {lost.agent!r} on {lost.host} "
         f"has sent no heartbeat for {lost.silent_for:.0f}s (--reap-after {reap_after:.0f}s); "
         f"marked Crashed by agent {me[0]!r} on {me[1]}."
     )
     key = f"reap:{lost.run_id}:{lost.state_id or ''}"
     return crashed(message, transition_id=str(uuid.uuid5(_NAMESPACE, key)))
+
+
+def reaped(state: RunState | None) -> bool:
+    """Whether ``state`` is a reaper's Crashed. The host it names was cut off, not dead,
+    when its poller reads this: its worker must stop the run's processes, and report
+    nothing: the run stays Crashed (its engine, given SIGTERM, may report a Crashed of its
+    own over this one; the state history keeps both)."""
+    return (
+        state is not None
+        and state.type is StateType.CRASHED
+        and state.message.startswith(LOST_PREFIX)
+    )
 
 
 def _silence(beat: Beat, now: float) -> float:

@@ -13,7 +13,12 @@ from prometheus_client.metrics_core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import REGISTRY, Collector, CollectorRegistry
 
-from agent.observe.metrics import _alive, _files, mark_process_dead, multiprocess_dir
+from agent.observe.metrics import (
+    mark_process_dead,
+    metric_files,
+    multiprocess_dir,
+    process_alive,
+)
 
 
 class ScrapeTimeCollector(Collector):
@@ -52,8 +57,8 @@ def reset_if_whole_agent_starts(own_pid: int) -> bool:
     directory = multiprocess_dir()
     if not directory:
         return False
-    files = _files(directory)
-    if any(pid != own_pid and _alive(pid) for _, pid in files):
+    files = metric_files(directory)
+    if any(pid != own_pid and process_alive(pid) for _, pid in files):
         return False
     for path, pid in files:
         if pid != own_pid:
@@ -66,8 +71,8 @@ def sweep_dead() -> None:
     """Drop live gauges of processes that died without saying so (kill -9)."""
     directory = multiprocess_dir()
     if directory:
-        for pid in {pid for path, pid in _files(directory) if "_live" in path}:
-            if not _alive(pid):
+        for pid in {pid for path, pid in metric_files(directory) if "_live" in path}:
+            if not process_alive(pid):
                 mark_process_dead(pid)
 
 

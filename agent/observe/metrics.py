@@ -85,7 +85,7 @@ def _private_files() -> None:
     directory = multiprocess_dir()
     if directory:
         own = os.getpid()
-        for path, pid in _files(directory):
+        for path, pid in metric_files(directory):
             if pid == own:
                 with contextlib.suppress(OSError):
                     os.chmod(path, 0o600)
@@ -248,7 +248,7 @@ for _outcome in Outcome:
         FINISHED.labels(_outcome.value, _cause.value)
 
 
-def _files(directory: str) -> list[tuple[str, int]]:
+def metric_files(directory: str) -> list[tuple[str, int]]:
     """(path, pid) of every metrics file: prometheus_client names them ``<kind>_<pid>.db``."""
     found = []
     for name in os.listdir(directory):
@@ -258,7 +258,8 @@ def _files(directory: str) -> list[tuple[str, int]]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while process ``pid`` exists, another user's too (kill(pid, 0) gives EPERM)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -3,6 +3,10 @@ holds. A waiting one (new/) is moved to done/ and marked Cancelled here; for a r
 one (cur/) the worker that runs it is asked (runs/<id>/cancel) to stop its processes,
 and reports.
 
+The same look finds a running one that another agent marked Crashed while this host was
+cut off from Prefect (agent/core/reap.py): its worker is asked to stop its processes and
+report nothing.
+
 The server is asked only about the runs in new/ and cur/, by id: a run is ours when this
 spool holds its spec (labels may be missing when labelling failed), and with an empty
 spool nothing is asked at all. A run the spool does not hold is someone else's to stop.
@@ -12,7 +16,7 @@ from __future__ import annotations
 
 import logging
 
-from agent.core import lifecycle
+from agent.core import lifecycle, reap
 from agent.core.causes import Cause
 from agent.core.errors import SpecError
 from agent.core.spec import loads
@@ -20,7 +24,7 @@ from agent.core.states import FlowRun, StateType
 from agent.observe.logs import run_context
 from agent.poller.shared import Shared
 from agent.settings import defaults
-from agent.spool.moves import CUR, NEW
+from agent.spool.moves import CUR, LOST, NEW
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +39,16 @@ class Cancellations:
         for start in range(0, len(ids), defaults.STRANDED_PAGE):
             for flow_run in self.cancelling(ids[start : start + defaults.STRANDED_PAGE]):
                 with run_context(flow_run.id):
-                    self.one(flow_run.id)
+                    if flow_run.state_type is StateType.CANCELLING:
+                        self.one(flow_run.id)
+                    else:
+                        self.lost(flow_run.id)
 
     def cancelling(self, ids: list[str]) -> list[FlowRun]:
+        """Of ``ids``, the runs in Cancelling, and those in a reaper's Crashed."""
+        types = [StateType.CANCELLING.value, StateType.CRASHED.value]
         body = {
-            "flow_runs": {
-                "id": {"any_": ids},
-                "state": {"type": {"any_": [StateType.CANCELLING.value]}},
-            },
+            "flow_runs": {"id": {"any_": ids}, "state": {"type": {"any_": types}}},
             "work_pools": {"name": {"any_": [self.s.config.pool]}},
             "limit": len(ids),
         }
@@ -50,7 +56,11 @@ class Cancellations:
         page = self.s.client.filter_flow_runs(body, call="cancelling_flow_runs")
         wanted = set(ids)
         # Checked again: a server ignoring part of the filter must not cancel a live run.
-        return [r for r in page if r.id in wanted and r.state_type is StateType.CANCELLING]
+        return [
+            r
+            for r in page
+            if r.id in wanted and (r.state_type is StateType.CANCELLING or reap.reaped(r.state))
+        ]
 
     def one(self, run_id: str) -> None:
         spool, name = self.s.spool, self.s.config.name
@@ -74,3 +84,18 @@ class Cancellations:
         reason = f"Cancelling in Prefect: agent {name} asked its worker to stop it"
         if spool.request_cancel(run_id, spec.transition_id, reason):
             log.info("flow run %s is cancelling: asked its worker to stop it", run_id)
+
+    def lost(self, run_id: str) -> None:
+        """A run this host runs that another agent marked Crashed while this host was cut
+        off: stop its processes (a waiting one is refused by its worker's look before it
+        starts, as any final run is)."""
+        try:
+            spec = loads(self.s.spool.read(CUR, run_id))
+        except (OSError, SpecError):
+            return  # waiting, or finished meanwhile
+        reason = (
+            f"marked Crashed by another agent while agent {self.s.config.name} was cut off "
+            "from Prefect: asked its worker to stop it"
+        )
+        if self.s.spool.request_cancel(run_id, spec.transition_id, reason, why=LOST):
+            log.warning("flow run %s was %s", run_id, reason)

@@ -6,9 +6,17 @@ duty at once; a deployment of the pool created or updated makes it poll at once 
 often for a while. What each message means is agent/core/events.py. While connected,
 the poller's idle polls may be further apart (``connected``).
 
+The stream goes through the proxy that API calls use (agent/api/proxies.py, chosen for
+the API's http(s) URL: ``http_proxy`` / ``https_proxy`` / ``all_proxy``, ``no_proxy``,
+lowercase first), tunnelled by websockets with CONNECT. A ``socks*://`` proxy needs
+python-socks, which the agent does not ship: the stream is then unavailable. Errors are
+logged and shown in status() through redact_text, which hides the userinfo of any URL
+in them: a proxy's credentials never show.
+
 Polling stays the safety net, so nothing here can stop the agent: a server with the
-stream turned off, a proxy that blocks websockets or a refused token is logged once
-("polling only") and tried again with backoff, up to every EVENTS_RETRY_MAX seconds.
+stream turned off, a proxy that blocks websockets (or that websockets cannot use) or a
+refused token is logged once ("polling only") and tried again with backoff, up to every
+EVENTS_RETRY_MAX seconds.
 After a reconnect, events since the last one seen (minus a margin) are replayed and
 those already seen are dropped by id.
 
@@ -21,6 +29,7 @@ from __future__ import annotations
 import collections
 import json
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,6 +41,7 @@ from websockets.sync.client import connect
 from websockets.typing import Subprotocol
 
 from agent.api.client import auth_header
+from agent.api.proxies import proxy_for
 from agent.core import events
 from agent.core.redact import redact_text
 from agent.observe import metrics
@@ -109,6 +119,7 @@ class EventStream(threading.Thread):
                 EventsRefused,
                 ValueError,
                 OverflowError,
+                ImportError,  # a socks:// proxy without python-socks (websockets says so)
             ) as exc:
                 # A connection that was up comes back soon; one that never came, later.
                 pause = 1.0 if self.connected_since is not None else pause * 2
@@ -144,7 +155,9 @@ class EventStream(threading.Thread):
             subprotocols=[Subprotocol("prefect")],
             additional_headers=auth_header(self.api),
             open_timeout=defaults.API_CONNECT_TIMEOUT,
-            proxy=None,
+            # Not websockets' own choice (proxy=True): the one API calls make, for the
+            # same variables and no_proxy rules.
+            proxy=proxy_for(self.api.url, os.environ),
             logger=_WIRE_LOG,
         ) as ws:
             ws.send(json.dumps(events.auth_frame(token)))

@@ -44,6 +44,7 @@ from agent.spool.folders import Folders
 log = logging.getLogger(__name__)
 
 CANCEL_FILE = "cancel"  # in runs/<id>/: the poller asks the run's worker to stop it
+CANCEL, LOST = "cancel", "lost"  # why: Cancelling in Prefect; reaped while cut off
 
 
 @dataclass
@@ -280,29 +281,40 @@ class Spool(Folders):
             if fd >= 0:
                 os.close(fd)
 
-    def request_cancel(self, run_id: str, claim: str, reason: str) -> bool:
+    def request_cancel(self, run_id: str, claim: str, reason: str, why: str = CANCEL) -> bool:
         """Ask the worker running ``run_id`` to stop it: create ``runs/<id>/cancel``,
         naming the claim (the spec's transition id) it is for, so that a request left
-        behind cannot stop a later claim of the same run (a retry). Idempotent: True only
-        when this call created the request."""
+        behind cannot stop a later claim of the same run (a retry), and why: ``cancel``
+        (Cancelling in Prefect: the worker reports Cancelled) or ``lost`` (another agent
+        marked the run Crashed while this host was cut off: the worker proposes nothing).
+        Idempotent: True only when this call created the request."""
         path = self.run_dir(run_id) / CANCEL_FILE
-        note = json.dumps({"claim": claim, "reason": reason, "at": time.time()}).encode()
+        body = {"claim": claim, "why": why, "reason": reason, "at": time.time()}
+        note = json.dumps(body).encode()
         try:
             try:
                 write_file_durably(path, note)
                 fsync_dir(path.parent)
             except FileExistsError:
-                if self.cancel_requested(run_id, claim):
+                if self.stop_requested(run_id, claim) == why:
                     return False
                 replace_file_durably(path, note)  # left from an earlier claim of this run
         except OSError as exc:
             raise SpoolError(f"cannot request cancellation of flow run {run_id}: {exc}") from exc
         return True
 
-    def cancel_requested(self, run_id: str, claim: str) -> bool:
-        """Whether the poller asked for this claim of ``run_id`` to be stopped."""
+    def stop_requested(self, run_id: str, claim: str) -> str | None:
+        """Why the poller asked for this claim of ``run_id`` to be stopped (``cancel`` or
+        ``lost``), or None."""
         body = read_json_object(self.dir(RUNS) / run_id / CANCEL_FILE)
-        return body is not None and body.get("claim") == claim
+        if body is None or body.get("claim") != claim:
+            return None
+        why = body.get("why", CANCEL)  # requests written before 'why' were cancellations
+        return why if why in (CANCEL, LOST) else CANCEL
+
+    def cancel_requested(self, run_id: str, claim: str) -> bool:
+        """Whether the poller asked for this claim of ``run_id`` to be cancelled."""
+        return self.stop_requested(run_id, claim) == CANCEL
 
     def refuse(self, lease: Lease, reason: str) -> None:
         """cur -> failed, with ``<id>.reason`` beside it; releases the lease."""

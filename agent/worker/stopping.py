@@ -1,4 +1,5 @@
-"""Stopping a run's processes, for a cancellation or a timeout: SIGTERM to the whole run,
+"""Stopping a run's processes, for a cancellation, a timeout, or a run another agent
+marked Crashed while this host was cut off from Prefect (lost): SIGTERM to the whole run,
 then SIGKILL once the grace period has passed.
 
 "The whole run" is its process group (the shim leads it) and, where the host has
@@ -19,13 +20,13 @@ from pathlib import Path
 from agent.core.lifecycle import Cancel
 from agent.core.spec import JobSpec
 from agent.settings.config import WorkerConfig
-from agent.spool.moves import Spool
+from agent.spool.moves import CANCEL, LOST, Spool
 from agent.worker.launcher import signal_run
 from agent.worker.runcgroup import RunCgroup
 
 log = logging.getLogger(__name__)
 
-CANCEL, TIMEOUT = "cancel", "timeout"
+TIMEOUT = "timeout"
 
 
 @dataclass
@@ -53,6 +54,19 @@ class Stopping:
         return f"SIGTERM, then SIGKILL after {self.killed_after:.0f} s"
 
 
+# why -> (the agent's log, the run log's opening)
+_WHAT = {
+    CANCEL: ("was cancelled", "Cancelling"),
+    TIMEOUT: ("exceeded timeout_seconds", "Timed out"),
+    # Prefect holds another agent's Crashed: the run's processes must not live on here
+    # (a retry would run beside them). The worker proposes nothing after.
+    LOST: (
+        "was marked Crashed by another agent while this host was cut off",
+        "Stopping: another agent marked this flow run Crashed while this host could not "
+        "reach Prefect",
+    ),
+}
+
 RunLog = Callable[[JobSpec, str, int], None]
 
 
@@ -74,8 +88,9 @@ class Stopper:
         run_id = spec.flow_run_id
         now = time.monotonic()
         if stopping is None:
-            if self.spool.cancel_requested(run_id, spec.transition_id):
-                stopping = Stopping(CANCEL)
+            asked = self.spool.stop_requested(run_id, spec.transition_id)
+            if asked is not None:
+                stopping = Stopping(asked)
             elif deadline is not None and now >= deadline:
                 stopping = Stopping(TIMEOUT)
             else:
@@ -84,13 +99,12 @@ class Stopper:
         if stopping.term_at is None:
             if self._signal(run_id, run_dir, cgroup, signal.SIGTERM):
                 stopping.term_at = now
-                what = "was cancelled" if stopping.why == CANCEL else "exceeded timeout_seconds"
+                what, head = _WHAT[stopping.why]
                 log.info("flow run %s %s: SIGTERM sent, SIGKILL in %.0fs", run_id, what, grace)
                 self._run_log(
                     spec,
-                    f"{'Cancelling' if stopping.why == CANCEL else 'Timed out'}: worker "
-                    f"{self.config.worker_id} sent SIGTERM to the flow run's processes; "
-                    f"SIGKILL follows in {grace:.0f} s if they are still running",
+                    f"{head}: worker {self.config.worker_id} sent SIGTERM to the flow run's "
+                    f"processes; SIGKILL follows in {grace:.0f} s if they are still running",
                     logging.INFO if stopping.why == CANCEL else logging.WARNING,
                 )
         elif now - stopping.term_at >= grace:
