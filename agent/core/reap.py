@@ -91,6 +91,18 @@ def lost_runs(
     return lost
 
 
+def name_shared(runs: Sequence[FlowRun], me: tuple[str, str]) -> dict[str, str]:
+    """Other hosts whose agent claims under this agent's name: host -> one of its runs.
+    The pool's worker record (and so the heartbeat) is per name, so the loss of either
+    host would never be noticed."""
+    found: dict[str, str] = {}
+    for run in runs:
+        host = run.labels.get(HOST_LABEL)
+        if run.labels.get(WORKER_LABEL) == me[0] and host and host != me[1]:
+            found.setdefault(host, run.id)
+    return found
+
+
 def check_every(reap_after: float) -> float:
     """How often the reap duty looks: a tenth of ``reap_after`` (a lost host's runs are
     Crashed within 1.1x of it), between REAP_CHECK_SECONDS and REAP_CHECK_MAX_SECONDS,

@@ -5,6 +5,9 @@ lost is decided by agent/core/reap.py and proposed through the reporter, once.
 
 Cheap while all is well: one read of the pool's workers per period; the pool's runs are
 read when some agent is silent, and every STRANDED_CHECK_SECONDS in any case.
+
+Those runs also show another host claiming under this agent's name, which hides the loss
+of either host: that is logged as an error, once per host.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import time
 
 from agent.core import reap
+from agent.core.states import FlowRun
 from agent.observe import metrics
 from agent.observe.logs import run_context
 from agent.poller.shared import Shared
@@ -28,6 +32,7 @@ class Reaper:
         # The runs are read when some agent is silent, and also every so often: an agent
         # that never wrote a heartbeat record (or lost it) has runs no record points to.
         self._full_look_at = 0.0
+        self._shared_with: set[str] = set()  # hosts said to share this agent's name
 
     def run(self) -> None:
         config = self.s.config
@@ -41,9 +46,22 @@ class Reaper:
             return
         self._full_look_at = time.monotonic() + defaults.STRANDED_CHECK_SECONDS
         me = (config.name, config.hostname)
-        for lost in reap.lost_runs(live_runs(self.s), beats, now, reap_after, me):
+        runs = live_runs(self.s)
+        self._say_shared_name(runs, me)
+        for lost in reap.lost_runs(runs, beats, now, reap_after, me):
             with run_context(lost.run_id):
                 self.one(lost, me, reap_after)
+
+    def _say_shared_name(self, runs: list[FlowRun], me: tuple[str, str]) -> None:
+        for host, run_id in reap.name_shared(runs, me).items():
+            if host not in self._shared_with:
+                self._shared_with.add(host)
+                log.error(
+                    "agent name %r is in use on host %s too (flow run %s is labelled for "
+                    "it): the pool keeps one heartbeat per name, so the loss of either host "
+                    "goes unnoticed; give each host its own --name (AGENT_NAME)",
+                    *(me[0], host, run_id),
+                )
 
     def one(self, lost: reap.Lost, me: tuple[str, str], reap_after: float) -> None:
         log.warning(

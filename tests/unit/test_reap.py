@@ -266,6 +266,17 @@ def test_a_lost_run_is_never_this_agents_and_its_state_is_older_than_reap_after(
         assert state.type in (StateType.PENDING, StateType.RUNNING)
 
 
+def test_a_run_of_this_agents_name_on_another_host_is_a_shared_name() -> None:
+    runs = [
+        run(agent=ME[0], host="h9", run_id="r1"),
+        run(agent=ME[0], host="h9", run_id="r2"),
+        run(agent=ME[0], host=ME[1], run_id="r3"),  # this host's own
+        run(agent=THEM[0], host="h9", run_id="r4"),  # another name on h9
+        run(agent=ME[0], host=None, run_id="r5"),  # no host label: cannot tell
+    ]
+    assert reap.name_shared(runs, ME) == {"h9": "r1"}
+
+
 # -- proposal -------------------------------------------------------------------------------
 
 
@@ -540,3 +551,21 @@ def test_the_reap_duty_looks_every_tenth_of_reap_after_between_10_s_and_a_minute
     # By default (10 minutes) one request a minute while idle; a lost host's runs are
     # Crashed within reap_after plus one look.
     assert reap.check_every(reap_after) == every
+
+
+def test_another_host_under_this_agents_name_is_logged_once_as_an_error(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    world.client.workers = [worker(ME[0], 2)]
+    world.client.live = [flow_run(LOST_RUN, ME[0], "h9")]
+    with caplog.at_level(logging.ERROR):
+        world.reaper.run()
+        world.reaper._full_look_at = 0.0  # the next periodic look, at once
+        world.reaper.run()
+    assert world.call_names().count("filter_flow_runs") == 2
+    assert caplog.messages == [
+        f"agent name {ME[0]!r} is in use on host h9 too (flow run {LOST_RUN} is labelled "
+        "for it): the pool keeps one heartbeat per name, so the loss of either host goes "
+        "unnoticed; give each host its own --name (AGENT_NAME)"
+    ]
+    assert world.client.named("set_flow_run_state") == []  # never reaped by its twin
