@@ -9,32 +9,33 @@ applied by the poller. The config file is loaded by an eager option into click's
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
 
+from agent.cli.option_types import (
+    ENV_VARS_ENV,
+    FILE_META,
+    LABELS_ENV,
+    EnvPairType,
+    LabelType,
+    address,
+    duration,
+    load_config_file,
+    poll_cap,
+)
 from agent.core.errors import ConfigError
 from agent.observe import logs
-from agent.settings import configfile, defaults
-from agent.settings.config import (
-    parse_agent_address,
-    parse_duration,
-    parse_env_pairs,
-    parse_env_vars_value,
-    parse_labels_value,
-)
+from agent.settings import defaults
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-LABELS_ENV = "PREFECT__CLOUD__AGENT__LABELS"
-ENV_VARS_ENV = "PREFECT__CLOUD__AGENT__ENV_VARS"
 AUTH_STRING_ENV = "PREFECT_API_AUTH_STRING"
 # Prefect 1's switch for flow run logs to the backend (true/false).
 SEND_LOGS_ENV = "PREFECT__CLOUD__SEND_FLOW_RUN_LOGS"
-FILE_META = "agent.config_file"
 
 SOURCE_NAMES = {
     ParameterSource.COMMANDLINE: "flag",
@@ -42,90 +43,6 @@ SOURCE_NAMES = {
     ParameterSource.DEFAULT_MAP: "file",
     ParameterSource.DEFAULT: "default",
 }
-
-
-# -- parameter types whose environment form is Prefect 1's ------------------------------
-
-
-class LabelType(click.ParamType):  # type: ignore[type-arg]
-    """One label per flag; the env var holds a list literal ``'["a","b"]'`` or ``a,b``."""
-
-    name = "LABEL"
-
-    def split_envvar_value(self, rv: str) -> Sequence[str]:
-        # ConfigError, not a usage error: the culprit is the environment, not argv.
-        return parse_labels_value(rv, LABELS_ENV)
-
-
-class EnvPairType(click.ParamType):  # type: ignore[type-arg]
-    """``KEY=VAL`` per flag; the env var holds ``'{"K": "V"}'`` or ``K=V,K2=V2``."""
-
-    name = "KEY=VAL"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, tuple):
-            return value
-        try:
-            ((key, val),) = parse_env_pairs([value]).items()
-        except ConfigError as exc:
-            self.fail(str(exc), param, ctx)
-        return key, val
-
-    def split_envvar_value(self, rv: str) -> Sequence[str]:
-        return [f"{k}={v}" for k, v in parse_env_vars_value(rv, ENV_VARS_ENV).items()]
-
-
-def _duration(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    try:
-        return parse_duration(value, f"--{param.name}")
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def parse_poll_cap(value: str | float, source: str) -> float:
-    """A poll interval cap: a duration (30s, 1m, seconds) no shorter than the shortest
-    poll interval, which the poller starts from after work."""
-    seconds = parse_duration(value, source)
-    if seconds < defaults.POLL_INTERVAL_MIN:
-        raise ConfigError(
-            f"{source} {value!r}: expected at least {defaults.POLL_INTERVAL_MIN:g}s "
-            "(the shortest poll interval)"
-        )
-    return seconds
-
-
-def _poll_cap(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    try:
-        return parse_poll_cap(value, f"--{param.name}".replace("_", "-"))
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc), ctx, param) from None
-
-
-def _address(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if value is None:
-        return None
-    try:
-        return parse_agent_address(value)
-    except ConfigError as exc:
-        raise click.BadParameter(str(exc)) from None
-
-
-def load_config_file(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    """Eager: the file's values become click's defaults before any other option is read."""
-    if value is None:
-        return None
-    values = configfile.load(Path(value))
-    if configfile.holds_secret(values) and configfile.loosely_readable(Path(value)):
-        click.echo(
-            f"Warning: config file {value} holds a credential and is readable by other "
-            "users; chmod 600 it.",
-            err=True,
-        )
-    if "env_pairs" in values:
-        values["env_pairs"] = [f"{k}={v}" for k, v in values["env_pairs"].items()]
-    ctx.meta[FILE_META] = values
-    ctx.default_map = {**(ctx.default_map or {}), **values}
-    return Path(value)
 
 
 def _apply(func: F, options: list[Callable[[F], F]]) -> F:
@@ -333,7 +250,7 @@ def poller_options(func: F) -> F:
                 show_default=True,
                 envvar="AGENT_RETENTION",
                 show_envvar=True,
-                callback=_duration,
+                callback=duration,
                 help="How long done/, failed/ and runs/ keep a finished run before it is "
                 "deleted: 7d, 12h, 30m, 90s or seconds.",
             ),
@@ -350,7 +267,7 @@ def poller_options(func: F) -> F:
                 show_default=True,
                 envvar="AGENT_POLL_INTERVAL_MAX_PUSHED",
                 show_envvar=True,
-                callback=_poll_cap,
+                callback=poll_cap,
                 help="While Prefect's events stream is connected (new runs and "
                 "cancellations come by push), idle polls are up to this far apart instead "
                 f"of {defaults.POLL_INTERVAL_MAX:g}s; each poll looks as far past the "
@@ -361,7 +278,7 @@ def poller_options(func: F) -> F:
                 "--agent-address",
                 envvar=["AGENT_ADDRESS", "PREFECT__CLOUD__AGENT__AGENT_ADDRESS"],
                 show_envvar=True,
-                callback=_address,
+                callback=address,
                 help="Serve /api/health, /api/poke and /metrics at http://HOST:PORT.",
             ),
         ],

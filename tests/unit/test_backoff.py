@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from agent.api.client import PrefectClient
 from agent.cli.main import cli
-from agent.cli.options import parse_poll_cap
+from agent.cli.option_types import parse_poll_cap
 from agent.core.backoff import next_poll_interval, poll_cap
 from agent.core.errors import ApiError, ConfigError, NotFoundError
 from agent.core.jobvars import base_job_template
