@@ -378,7 +378,7 @@ def test_when_the_stream_drops_the_sleep_ends_at_the_shorter_cap(tmp_path: Path)
     assert world.poller.health()[1]["poll"]["interval_cap_seconds"] == 1.0
 
 
-# -- the setting (agent/cli/options.py, agent/settings/configfile.py) -------------------------
+# -- the setting (agent/cli/option_types.py, agent/settings/configfile.py) --------------------
 
 
 @pytest.mark.parametrize(
