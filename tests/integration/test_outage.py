@@ -70,7 +70,10 @@ def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
     agent: Agent, own_server: PrefectServer, marker: Path
 ) -> None:
     url = own_server.start()
-    client = PrefectClient(ApiSettings(url=url, auth_string=OWN_AUTH))
+    # The test's own calls ride out a stall of its server, as the session client's do
+    # (CI once timed out creating a run here at the default 30 s on a loaded machine).
+    settings = ApiSettings(url=url, auth_string=OWN_AUTH, read_timeout=60.0, retry_deadline=120.0)
+    client = PrefectClient(settings)
     env = {**agent.env, "PREFECT_API_URL": url, "PREFECT_API_AUTH_STRING": OWN_AUTH}
     agent = dataclasses.replace(agent, client=client, env=env)
     demo.ensure_pool(client, agent.pool)
@@ -124,7 +127,7 @@ def test_a_minute_without_the_api_mid_burst_loses_and_repeats_nothing(
 
     own_server.start()  # same port, same database; returns once /health answers
     back = time.monotonic()
-    # The probe runs every second and a round follows at once (tests/unit/test_outage.py
+    # The probe runs every second and a round follows at once (tests/unit/test_outage_sleep.py
     # pins that). The bound is loose: on a loaded machine a just-started server answers
     # /health while its first other calls still fail with 503 (SQLite busy), and those
     # rounds back off like any 5xx outage.

@@ -1,5 +1,5 @@
 """The events stream goes through the proxy that API calls use (agent/api/proxies.py):
-the fake Prefect events server of test_events.py behind the CONNECT proxy of
+the fake Prefect events server of events_support.py behind the CONNECT proxy of
 test_http.py, both on 127.0.0.1."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import logging
 
 import pytest
 
-from tests.unit.test_events import (
+from tests.unit.events_support import (
     STILL_UNAVAILABLE,
     UNAVAILABLE,
     Harness,

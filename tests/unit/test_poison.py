@@ -19,7 +19,7 @@ from agent.core.poison import Take, deaths, how_died, reason, should_quarantine
 from agent.spool.moves import CUR, DONE, FAILED, NEW, Spool
 from agent.spool.takes import Takes
 from tests.unit.test_cancel import ChildLauncher, spool_run
-from tests.unit.test_worker_api import ScriptedClient, make_worker
+from tests.unit.worker_api_support import ScriptedClient, make_worker
 
 SUPERVISOR_LOG = """\
 2026-12-02 18:00:00,001 INFO spawned: 'agent-worker_00' with pid 101
