@@ -43,7 +43,7 @@ from websockets.typing import Subprotocol
 from agent.api.client import auth_header
 from agent.api.proxies import proxy_for
 from agent.core import events
-from agent.core.redact import redact_text
+from agent.core.redact import MASK, redact_text
 from agent.observe import metrics
 from agent.settings import defaults
 from agent.settings.config import ApiSettings
@@ -135,7 +135,7 @@ class EventStream(threading.Thread):
         was_up = self.connected_since is not None
         self.connected_since = None
         metrics.EVENTS_CONNECTED.set(0)
-        self.last_error = redact_text(f"{type(exc).__name__}: {exc}")
+        self.last_error = redact_text(self._unproxied(f"{type(exc).__name__}: {exc}"))
         if was_up:
             log.warning("events stream lost (%s); polling meanwhile", self.last_error)
         elif not self._said_unavailable:
@@ -146,6 +146,16 @@ class EventStream(threading.Thread):
             self._said_unavailable = True
         else:
             log.debug("events stream still unavailable: %s", self.last_error)
+
+    def _unproxied(self, text: str) -> str:
+        """``text`` with the proxy URL in use masked from its scheme to its last "@":
+        websockets quotes a proxy URL it cannot parse whole, and a password holding a
+        bare "/" would pass redact_text (which ends a URL's userinfo at "/")."""
+        proxy = proxy_for(self.api.url, os.environ)
+        if not proxy or "@" not in proxy:
+            return text
+        scheme, sep, rest = proxy.partition("://")
+        return text.replace(proxy, f"{scheme}{sep}{MASK}@{rest.rpartition('@')[2]}")
 
     def _session(self, pool_id: str) -> None:
         url = stream_url(self.api.url)

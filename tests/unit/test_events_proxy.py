@@ -81,8 +81,10 @@ def test_with_no_proxy_covering_the_host_the_stream_connects_directly(
         ("http://pu:{secret}@127.0.0.1:{port}", "Refused"),  # nothing listens there
         ("socks5h://pu:{secret}@127.0.0.1:{port}", "python-socks"),  # not shipped
         ("http://pu:{secret}@127.0.0.1:{port}/path", "isn't a valid proxy"),  # quotes it
+        # A bare "/" in the password: no URL parser sees a userinfo there.
+        ("http://pu:{secret}/x@127.0.0.1:{port}", "isn't a valid proxy"),
     ],
-    ids=["closed-port", "socks", "invalid"],
+    ids=["closed-port", "socks", "invalid", "slash-in-password"],
 )
 def test_an_unusable_proxy_with_credentials_is_said_once_and_its_password_never_shown(
     harness: Harness,
