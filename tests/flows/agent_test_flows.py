@@ -138,7 +138,7 @@ def busy(out: str, seconds: float = 5.0) -> None:
         json.dump({"share": share}, f)
 
 
-# -- warm launches (tests/integration/test_warm.py) ---------------------------------------
+# -- warm launches (tests/integration/test_warm_*.py) -------------------------------------
 
 # Each import of this module appends the importing pid to the named file: user code must
 # be imported by the flow's own process only, never by a warm process that forks runs.

@@ -8,7 +8,7 @@ Everything of the agent's is on the tmpfs: specs, worker registry and lock files
 poller.lock and poller.json (unlike the read-only test in test_health.py, nothing has to
 move off it: a full disk does not mind files held open for writing). A disk filling up
 with a run in flight (a note that cannot be written, a publish that fails) is covered
-with an injected ENOSPC in tests/unit/test_spool_enospc.py.
+with an injected ENOSPC in tests/unit/test_spool_enospc_*.py.
 """
 
 from __future__ import annotations

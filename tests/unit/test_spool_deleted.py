@@ -10,7 +10,7 @@ from pathlib import Path
 
 from agent.spool.moves import RUNS, STATE_DIRS, Spool
 from agent.spool.registry import IDLE, Registry
-from tests.unit.test_crashloop import make_worker, running
+from tests.unit.crashloop_support import make_worker, running
 
 
 def folders(spool: Spool) -> list[str]:

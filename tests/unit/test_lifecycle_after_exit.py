@@ -1,4 +1,5 @@
-"""agent/core/lifecycle.py: every named rule, and one test per row of `AFTER_EXIT`.
+"""agent/core/lifecycle.py: what the agent does after a run's process exits
+(`after_exit`): one test per row of `AFTER_EXIT`, and a check that every row has its test.
 
 Plain data in, a decision out: no API, no spool, no process."""
 
@@ -13,48 +14,13 @@ from agent.core.lifecycle import (
     After,
     AfterExit,
     Cancel,
-    Start,
 )
-from agent.core.states import FlowRun, Outcome, RunState, StateType
+from agent.core.states import Outcome, RunState, StateType
+from tests.unit.lifecycle_support import FLOW_ENDS, OURS, THEIRS, WHO, state
 
-OURS = "tid-ours"
-THEIRS = "tid-theirs"
-WHO = "agent worker w1"
-DEPLOYMENT = "d0000000-0000-4000-8000-000000000001"
 EXIT_1 = "exited with status code 1"
 
-FINAL = (StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED, StateType.CRASHED)
-NOT_FINAL = (
-    StateType.SCHEDULED,
-    StateType.PENDING,
-    StateType.RUNNING,
-    StateType.PAUSED,
-    StateType.CANCELLING,
-)
-FLOW_ENDS = (StateType.COMPLETED, StateType.FAILED, StateType.CANCELLED)
 STOPPING = (Cancel.ASKED, Cancel.SIGNALLED)
-SCHEDULED_NAMES = (
-    "Scheduled",
-    "AwaitingRetry",
-    "Resuming",
-    "AwaitingConcurrencySlot",
-    "Late",
-    "Rescheduled",
-)
-
-
-def state(kind: StateType | None, name: str = "", transition_id: str | None = None) -> RunState:
-    return RunState(
-        kind, name or (kind.title() if kind else "Mystery"), transition_id=transition_id
-    )
-
-
-def run(
-    kind: StateType | None = StateType.PENDING,
-    transition_id: str | None = OURS,
-    deployment_id: str | None = DEPLOYMENT,
-) -> FlowRun:
-    return FlowRun("r1", "sleepy-otter", state(kind, transition_id=transition_id), 1, deployment_id)
 
 
 def after(
@@ -69,203 +35,6 @@ def after(
     return lifecycle.after_exit(
         EXIT_1, current, OURS, cancel, restarts, WHO, api_away, stopped_how, timed_out, oom
     )
-
-
-# -- is_final and outcome_of ---------------------------------------------------------------
-
-
-@pytest.mark.parametrize("kind", FINAL)
-def test_is_final_completed_failed_cancelled_and_crashed_are_final(kind: StateType) -> None:
-    assert lifecycle.is_final(kind)
-    assert lifecycle.outcome_of(kind) == Outcome(kind.value.lower())
-
-
-@pytest.mark.parametrize("kind", [*NOT_FINAL, None])
-def test_is_final_nothing_else_is_final_nor_an_outcome(kind: StateType | None) -> None:
-    assert not lifecycle.is_final(kind)
-    assert lifecycle.outcome_of(kind) is None
-
-
-# -- the proposals ---------------------------------------------------------------------------
-
-
-def test_pending_is_named_pending_and_carries_the_claims_transition_id() -> None:
-    proposal = lifecycle.pending(OURS)
-    assert (proposal.type, proposal.name, proposal.transition_id) == (
-        StateType.PENDING,
-        "Pending",
-        OURS,
-    )
-    assert not proposal.force and proposal.outcome is None
-
-
-def test_crashed_and_failed_are_not_forced_and_count_as_their_outcome() -> None:
-    crashed, failed = lifecycle.crashed("boom"), lifecycle.failed("bad spec")
-    assert (crashed.type, crashed.name, crashed.message, crashed.force) == (
-        StateType.CRASHED,
-        "Crashed",
-        "boom",
-        False,
-    )
-    assert (failed.type, failed.name, failed.message, failed.force) == (
-        StateType.FAILED,
-        "Failed",
-        "bad spec",
-        False,
-    )
-    assert (crashed.outcome, failed.outcome) == (Outcome.CRASHED, Outcome.FAILED)
-
-
-def test_cancelled_is_forced_unless_told_otherwise() -> None:
-    assert lifecycle.cancelled("stop").force is True
-    assert lifecycle.cancelled("gone", force=False).force is False
-    assert lifecycle.cancelled("stop").outcome is Outcome.CANCELLED
-
-
-# -- supersedes -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("current", FLOW_ENDS)
-@pytest.mark.parametrize(
-    "proposal",
-    [lifecycle.crashed("late"), lifecycle.cancelled("late"), lifecycle.failed("late")],
-    ids=["crashed", "forced-cancelled", "failed"],
-)
-def test_supersedes_the_flows_own_final_state_wins(
-    current: StateType, proposal: lifecycle.Proposal
-) -> None:
-    assert not lifecycle.supersedes(proposal, current)
-
-
-def test_supersedes_a_forced_cancelled_replaces_the_engines_crashed_on_sigterm() -> None:
-    assert lifecycle.supersedes(lifecycle.cancelled("stopped"), StateType.CRASHED)
-
-
-def test_supersedes_an_unforced_cancelled_or_crashed_never_replaces_a_crashed() -> None:
-    assert not lifecycle.supersedes(lifecycle.cancelled("gone", force=False), StateType.CRASHED)
-    assert not lifecycle.supersedes(lifecycle.crashed("again"), StateType.CRASHED)
-
-
-@pytest.mark.parametrize(
-    "proposal",
-    [lifecycle.crashed("exit 0"), lifecycle.cancelled("stop"), lifecycle.failed("x")],
-    ids=["crashed", "forced-cancelled", "failed"],
-)
-def test_supersedes_paused_is_never_replaced_a_suspended_run_is_not_a_crash(
-    proposal: lifecycle.Proposal,
-) -> None:
-    assert not lifecycle.supersedes(proposal, StateType.PAUSED)
-
-
-def test_supersedes_nothing_is_sent_to_a_run_of_unknown_state_or_of_that_state_already() -> None:
-    assert not lifecycle.supersedes(lifecycle.crashed("x"), None)
-    assert not lifecycle.supersedes(lifecycle.cancelled("x"), StateType.CANCELLED)
-
-
-@pytest.mark.parametrize(
-    "current",
-    [StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING],
-)
-def test_supersedes_a_live_run_takes_the_agents_report(current: StateType) -> None:
-    assert lifecycle.supersedes(lifecycle.crashed("x"), current)
-    assert lifecycle.supersedes(lifecycle.cancelled("x"), current)
-
-
-# -- claimable ------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", SCHEDULED_NAMES)
-def test_claimable_every_scheduled_type_state_even_one_this_host_ran_before(name: str) -> None:
-    assert lifecycle.claimable(state(StateType.SCHEDULED, name))
-
-
-@pytest.mark.parametrize("kind", [*FINAL, *NOT_FINAL[1:], None])
-def test_claimable_no_other_state(kind: StateType | None) -> None:
-    assert not lifecycle.claimable(state(kind))
-
-
-def test_claimable_not_a_run_without_a_state() -> None:
-    assert not lifecycle.claimable(None)
-
-
-# -- is_our_pending ----------------------------------------------------------------------
-
-
-def test_is_our_pending_only_the_pending_with_our_transition_id() -> None:
-    assert lifecycle.is_our_pending(state(StateType.PENDING, transition_id=OURS), OURS)
-    assert not lifecycle.is_our_pending(state(StateType.PENDING, transition_id=THEIRS), OURS)
-    assert not lifecycle.is_our_pending(state(StateType.PENDING), OURS)
-    assert not lifecycle.is_our_pending(state(StateType.RUNNING, transition_id=OURS), OURS)
-    assert not lifecycle.is_our_pending(None, OURS)
-
-
-# -- respool_stranded ------------------------------------------------------------------------
-
-
-def test_respool_stranded_a_pending_run_is_always_spooled_again() -> None:
-    assert lifecycle.respool_stranded(StateType.PENDING)
-
-
-@pytest.mark.parametrize("kind", [StateType.RUNNING, StateType.SCHEDULED, *FINAL, None])
-def test_respool_stranded_a_running_run_is_not_it_may_have_run_in_part(
-    kind: StateType | None,
-) -> None:
-    assert not lifecycle.respool_stranded(kind)
-
-
-# -- before_start -----------------------------------------------------------------------------
-
-
-def test_before_start_our_pending_starts() -> None:
-    decision = lifecycle.before_start(run(), OURS, False, WHO)
-    assert decision.action is Start.START and decision.proposal is None
-
-
-def test_before_start_a_deleted_run_is_left_alone() -> None:
-    decision = lifecycle.before_start(None, OURS, False, WHO)
-    assert decision.action is Start.LEAVE and decision.proposal is None
-    assert "deleted" in decision.why
-
-
-@pytest.mark.parametrize("gone", [False, True])
-@pytest.mark.parametrize("kind", FINAL)
-def test_before_start_a_final_run_is_left_with_its_outcome(kind: StateType, gone: bool) -> None:
-    decision = lifecycle.before_start(run(kind), OURS, gone, WHO)
-    assert decision.action is Start.LEAVE and decision.proposal is None
-    assert decision.outcome == lifecycle.outcome_of(kind)
-
-
-@pytest.mark.parametrize("gone", [False, True])
-def test_before_start_a_cancelling_run_is_cancelled_forced_not_started(gone: bool) -> None:
-    decision = lifecycle.before_start(run(StateType.CANCELLING), OURS, gone, WHO)
-    assert decision.action is Start.PROPOSE
-    assert decision.proposal == lifecycle.cancelled(f"Cancelled by {WHO} before it started")
-    assert decision.proposal.force
-
-
-def test_before_start_deployment_gone_is_cancelled_saying_so_not_started() -> None:
-    """The engine could not load the flow of a deleted deployment: Cancelled, unforced,
-    with a message that says why, instead of a start that ends Crashed."""
-    decision = lifecycle.before_start(run(), OURS, True, WHO)
-    assert decision.action is Start.PROPOSE and decision.proposal is not None
-    assert decision.proposal.type is StateType.CANCELLED
-    assert not decision.proposal.force
-    assert decision.proposal.message == (
-        f"Deployment {DEPLOYMENT} was deleted; flow run cancelled, not run."
-    )
-
-
-def test_before_start_a_pending_of_another_claim_is_left_to_it() -> None:
-    decision = lifecycle.before_start(run(transition_id=THEIRS), OURS, False, WHO)
-    assert decision.action is Start.LEAVE and decision.proposal is None
-    assert "no longer our Pending" in decision.why
-
-
-@pytest.mark.parametrize("kind", [StateType.SCHEDULED, StateType.RUNNING, StateType.PAUSED, None])
-def test_before_start_a_run_no_longer_our_pending_is_left_alone(kind: StateType | None) -> None:
-    decision = lifecycle.before_start(run(kind), OURS, False, WHO)
-    assert decision.action is Start.LEAVE and decision.proposal is None
-    assert decision.outcome is None
 
 
 # -- after_exit: one test per row of AFTER_EXIT ----------------------------------------------

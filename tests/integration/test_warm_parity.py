@@ -1,131 +1,38 @@
 """Warm launches (agent/worker/warm.py) against a real server: a run forked from the warm
-process sees what a cold start shows it, runs, ends and is cancelled as a cold one is, and
-starts cold, saying why, whenever a fork could not give it a cold start's view."""
+process sees what a cold start shows it, runs, ends and is cancelled as a cold one is; a
+warm process killed between runs does not stop the next run."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import json
 import os
 import re
 import signal
-import subprocess
-import sys
-import sysconfig
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from agent.worker.forkserver import MARKER
 from agent.worker.launcher import read_status
 from agent.worker.procid import ProcessId
 from examples import demo
 from tests.integration.conftest import FLOWS_DIR, Agent, executions
 from tests.integration.harness import execution, wait_for
+from tests.integration.warm_support import (
+    alive,
+    children,
+    idle,
+    settled,
+    start_agent,
+    started_line,
+    the_warm_parent,
+    threads,
+    warm_parents,
+)
 
-STARTED = "Process started by worker "
 LAZY_THREADS = ("EventsWorkerThread", "APILogWorkerThread")
 
 
 # -- what the tests look at -----------------------------------------------------------
-
-
-def agent_lines(agent: Agent, run_id: str) -> list[str]:
-    body = {"logs": {"flow_run_id": {"any_": [run_id]}}, "sort": "TIMESTAMP_ASC"}
-    logs: list[dict[str, Any]] = agent.client.request("logs", "POST", "/logs/filter", body)
-    return [str(x["message"]) for x in logs if x["name"] == "local-agent"]
-
-
-def started_line(agent: Agent, run_id: str) -> str:
-    """The run's "Process started by worker W on H: PID N (...)" line, once shipped."""
-    found: list[str] = []
-
-    def shipped() -> bool:
-        found[:] = [x for x in agent_lines(agent, run_id) if x.startswith(STARTED)]
-        return bool(found)
-
-    wait_for(shipped, 60, "the run's 'Process started' log line")
-    assert len(found) == 1, found
-    return found[0]
-
-
-def settled(agent: Agent, spool: Path, run_id: str) -> dict[str, Any]:
-    """The run's state once its worker has finished with it (its spec is in done/)."""
-    wait_for((spool / "done" / f"{run_id}.json").exists, 120, "the run to be settled")
-    state: dict[str, Any] = demo.read_run(agent.client, run_id)["state"]
-    return state
-
-
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            with contextlib.suppress(OSError):
-                stat = (entry / "stat").read_text()
-                if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                    found.append(int(entry.name))
-    return found
-
-
-def warm_parents(worker: int) -> list[int]:
-    """The worker's warm processes: its children whose command line has the marker."""
-    found = []
-    for pid in children(worker):
-        with contextlib.suppress(OSError):
-            if MARKER.encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(pid)
-    return found
-
-
-def the_warm_parent(worker: int) -> int:
-    found: list[int] = []
-
-    def one() -> bool:
-        found[:] = warm_parents(worker)
-        return len(found) == 1
-
-    wait_for(one, 60, "the worker's one warm process")
-    return found[0]
-
-
-def threads(pid: int) -> int:
-    return len(os.listdir(f"/proc/{pid}/task"))
-
-
-def idle(pid: int) -> bool:
-    """Whether ``pid`` sleeps in select(): the warm process waiting for a request (done
-    importing Prefect)."""
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/wchan").read_text().startswith(("poll_schedule", "do_select")):
-            return True
-        return Path(f"/proc/{pid}/syscall").read_text().split()[0] in ("23", "270")
-    return False
-
-
-def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def start_agent(
-    agent: Agent,
-    mode: str,
-    *worker_args: str,
-    env: dict[str, str] | None = None,
-    poller_args: tuple[str, ...] = (),
-) -> tuple[Path, int]:
-    """A poller taking only runs labelled ``mode``, and its one worker launching with
-    ``--launch mode``: its spool and the worker's pid."""
-    spool = agent.tmp / f"{mode}-spool"
-    agent.start_poller(
-        "--name", mode, "--label", mode, *poller_args, name=f"{mode}-poller", spool=spool
-    )
-    agent.start_worker("--launch", mode, *worker_args, name=mode, spool=spool, env=env)
-    return spool, agent.procs.popens[-1].pid
 
 
 def dump(path: Path) -> dict[str, Any]:
@@ -144,34 +51,6 @@ def comparable(seen: dict[str, Any]) -> dict[str, Any]:
     same["threads"] = [t for t in seen["threads"] if t not in LAZY_THREADS]
     del same["tasks"]
     return same
-
-
-def flow_venv(tmp: Path) -> tuple[str, Path]:
-    """A venv of the test's own whose site-packages leads to this one's (a .pth line): a
-    flow interpreter with Prefect whose package directory the test may change. Its python
-    and that directory."""
-    venv = tmp / "flow-venv"
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
-    site = Path(sysconfig.get_paths(vars={"base": str(venv), "platbase": str(venv)})["purelib"])
-    ours = sysconfig.get_paths()["purelib"]
-    (site / "agent_test_prefect.pth").write_text(f"import site; site.addsitedir({ours!r})\n")
-    return str(venv / "bin" / "python"), site
-
-
-def run_note(
-    agent: Agent,
-    spool: Path,
-    deployment: str,
-    parameters: Mapping[str, object],
-    job_variables: Mapping[str, object] | None = None,
-) -> str:
-    """Run to its end, Completed: the note of its "Process started" line ("warm", "cold
-    start: <why>"; "" without one)."""
-    run_id = agent.run(deployment, dict(parameters), dict(job_variables or {}))
-    assert settled(agent, spool, run_id)["type"] == "COMPLETED"
-    line = started_line(agent, run_id)
-    found = re.search(r" \((warm|cold start: .*)\)$", line)
-    return found.group(1) if found else ""
 
 
 # -- the tests ------------------------------------------------------------------------------
@@ -323,49 +202,6 @@ def test_a_warm_run_sees_runs_and_ends_exactly_as_a_cold_run(agent: Agent) -> No
     assert "status code 3" in ends["warm"][1]
 
 
-def test_runs_start_cold_saying_why_and_the_warm_process_is_recycled(
-    agent: Agent, marker: Path
-) -> None:
-    python, site = flow_venv(agent.tmp)
-    spool, worker = start_agent(agent, "warm", "--warm-recycle-runs", "2", "--flow-python", python)
-    deployment = agent.deploy("record", job_variables={"labels": ["warm"]})
-
-    def run(job_variables: dict[str, object] | None = None) -> str:
-        return run_note(agent, spool, deployment, {"marker": str(marker)}, job_variables)
-
-    assert run() == "warm"
-    first = the_warm_parent(worker)
-    assert threads(first) == 1
-    # What a fork cannot give: another command; variables read at interpreter start.
-    assert run({"command": f"{python} -B -m prefect.engine"}) == (
-        "cold start: the run sets `command`"
-    )
-    secret = "s3cret-value-never-shown"
-    assert run({"env": {"PYTHONHASHSEED": "1", "LD_BIND_NOW": secret}}) == (
-        "cold start: the run sets LD_BIND_NOW, PYTHONHASHSEED, read at interpreter start"
-    )
-    assert warm_parents(worker) == [first]  # cold starts do not count towards recycling
-    # The second warm run is the last of this warm process: the next one is ready.
-    assert run() == "warm"
-    second = the_warm_parent(worker)
-    assert second != first
-    wait_for(lambda: not alive(first), 20, "the recycled warm process to exit")
-    wait_for(lambda: idle(second), 60, "the new warm process to be ready")
-    assert threads(second) == 1
-
-    # A package installed or removed since the warm process started: cold, and the warm
-    # process is not used again.
-    (site / "agent_test_installed").mkdir()
-    (site / "agent_test_installed").rmdir()
-    assert run() == (
-        f"cold start: the flow interpreter's packages in {site} changed since it started; "
-        "a new warm process is starting"
-    )
-    wait_for(lambda: not alive(second), 20, "the outdated warm process to exit")
-    assert secret not in agent.procs.log("warm") + agent.procs.log("warm-poller")
-    assert len(executions(marker)) == 5
-
-
 def test_a_warm_run_is_cancelled_as_a_cold_one_and_a_dead_warm_process_is_survived(
     agent: Agent, marker: Path
 ) -> None:
@@ -404,55 +240,3 @@ def test_a_warm_run_is_cancelled_as_a_cold_one_and_a_dead_warm_process_is_surviv
     assert executions(marker) == [after]
     line = started_line(agent, after)
     assert line.endswith(" (warm)") or re.search(r" \(cold start: .*warm process.*\)$", line), line
-
-
-# -- known differences from a cold start: agent bugs, see each reason ----------------------
-
-
-def test_after_a_package_change_the_next_run_is_warm_again(agent: Agent, marker: Path) -> None:
-    python, site = flow_venv(agent.tmp)
-    spool, worker = start_agent(agent, "warm", "--flow-python", python)
-    deployment = agent.deploy("record", job_variables={"labels": ["warm"]})
-    first = the_warm_parent(worker)
-    wait_for(lambda: idle(first), 60, "the warm process to be ready")
-    (site / "agent_test_installed").mkdir()
-    (site / "agent_test_installed").rmdir()
-    parameters = {"marker": str(marker)}
-    assert run_note(agent, spool, deployment, parameters).startswith(
-        f"cold start: the flow interpreter's packages in {site} changed"
-    )
-    assert run_note(agent, spool, deployment, parameters) == "warm"
-
-
-PLUGIN = """from prefect.plugins import SetupResult, register_hook
-
-
-@register_hook
-def setup_environment(*, ctx):
-    return SetupResult(env={"AGENT_TEST_PLUGIN_VAR": "set by the plugin"})
-"""
-
-
-def test_prefect_plugins_set_up_a_warm_runs_environment_as_a_cold_ones(agent: Agent) -> None:
-    python, site = flow_venv(agent.tmp)
-    (site / "agent_test_plugin.py").write_text(PLUGIN)
-    info = site / "agent_test_plugin-0.1.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: agent-test-plugin\nVersion: 0.1\n")
-    (info / "entry_points.txt").write_text("[prefect.plugins]\nagent_test = agent_test_plugin\n")
-    spool, _ = start_agent(
-        agent, "warm", "--flow-python", python, env={"PREFECT_PLUGINS_ENABLED": "true"}
-    )
-    deployment = agent.deploy("show_env", job_variables={"labels": ["warm"]})
-    seen = {}
-    for how, job_variables in (
-        ("cold", {"command": f"{python} -B -m prefect.engine"}),
-        ("warm", {}),
-    ):
-        out = agent.tmp / f"{how}.json"
-        parameters = {"out": str(out), "keys": ["AGENT_TEST_PLUGIN_VAR"]}
-        note = run_note(agent, spool, deployment, parameters, job_variables)
-        assert note.startswith(how), note
-        seen[how] = json.loads(out.read_text())["env"]
-    assert seen["cold"] == {"AGENT_TEST_PLUGIN_VAR": "set by the plugin"}
-    assert seen["warm"] == seen["cold"]
