@@ -19,7 +19,7 @@ import logging
 from agent.core import lifecycle, reap
 from agent.core.causes import Cause
 from agent.core.errors import SpecError
-from agent.core.spec import loads
+from agent.core.spec import JobSpec, loads
 from agent.core.states import FlowRun, StateType
 from agent.observe.logs import run_context
 from agent.poller.shared import Shared
@@ -66,10 +66,7 @@ class Cancellations:
         spool, name = self.s.spool, self.s.config.name
         # Waiting first: a spec moves new -> cur, so one taken meanwhile is found in cur/.
         reason = f"Cancelled by agent {name} before it started"
-        try:
-            spec = loads(spool.read(NEW, run_id))
-        except (OSError, SpecError):
-            spec = None
+        spec = self._spec(NEW, run_id)
         if spec is not None and spool.cancel_waiting(run_id, reason):
             log.info("flow run %s: %s", run_id, reason)
             reported = self.s.reporter.propose(
@@ -77,9 +74,8 @@ class Cancellations:
             )
             self.s.reporter.finished(reported.shown, Cause.NOT_STARTED)
             return
-        try:
-            spec = loads(spool.read(CUR, run_id))
-        except (OSError, SpecError):
+        spec = self._spec(CUR, run_id)
+        if spec is None:
             return  # finished meanwhile, or refused: its worker settles it
         reason = f"Cancelling in Prefect: agent {name} asked its worker to stop it"
         if spool.request_cancel(run_id, spec.transition_id, reason):
@@ -89,9 +85,8 @@ class Cancellations:
         """A run this host runs that another agent marked Crashed while this host was cut
         off: stop its processes (a waiting one is refused by its worker's look before it
         starts, as any final run is)."""
-        try:
-            spec = loads(self.s.spool.read(CUR, run_id))
-        except (OSError, SpecError):
+        spec = self._spec(CUR, run_id)
+        if spec is None:
             return  # waiting, or finished meanwhile
         reason = (
             f"marked Crashed by another agent while agent {self.s.config.name} was cut off "
@@ -99,3 +94,11 @@ class Cancellations:
         )
         if self.s.spool.request_cancel(run_id, spec.transition_id, reason, why=LOST):
             log.warning("flow run %s was %s", run_id, reason)
+
+    def _spec(self, state: str, run_id: str) -> JobSpec | None:
+        """The run's spec in ``state`` (new/ or cur/), or None: not there (moved on
+        meanwhile) or unreadable (its worker refuses it)."""
+        try:
+            return loads(self.s.spool.read(state, run_id))
+        except (OSError, SpecError):
+            return None

@@ -88,6 +88,8 @@ class EventStream(threading.Thread):
         self._last_occurred: datetime | None = None
         self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._said_unavailable = False
+        # Read once, as for the API client: the proxy API calls use, or None (directly).
+        self._proxy = proxy_for(api.url, os.environ)
 
     @property
     def connected(self) -> bool:
@@ -151,7 +153,7 @@ class EventStream(threading.Thread):
         """``text`` with the proxy URL in use masked from its scheme to its last "@":
         websockets quotes a proxy URL it cannot parse whole, and a password holding a
         bare "/" would pass redact_text (which ends a URL's userinfo at "/")."""
-        proxy = proxy_for(self.api.url, os.environ)
+        proxy = self._proxy
         if not proxy or "@" not in proxy:
             return text
         scheme, sep, rest = proxy.partition("://")
@@ -167,7 +169,7 @@ class EventStream(threading.Thread):
             open_timeout=defaults.API_CONNECT_TIMEOUT,
             # Not websockets' own choice (proxy=True): the one API calls make, for the
             # same variables and no_proxy rules.
-            proxy=proxy_for(self.api.url, os.environ),
+            proxy=self._proxy,
             logger=_WIRE_LOG,
         ) as ws:
             ws.send(json.dumps(events.auth_frame(token)))
