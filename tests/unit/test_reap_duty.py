@@ -27,6 +27,7 @@ from agent.settings.config import ApiSettings, PollerConfig
 from agent.spool.moves import Spool
 from agent.spool.registry import Registry
 from tests.unit.reap_support import ME, OLD, REAP_AFTER, SILENT, THEM, labels
+from tests.unit.reporter_support import RecordedRunLogs
 
 # -- the reap duty --------------------------------------------------------------------------
 
@@ -94,17 +95,6 @@ class FakeClient(PrefectClient):
 
     def named(self, call: str) -> list[tuple[str, str, Any]]:
         return [c for c in self.calls if c[0] == call]
-
-
-class RecordedRunLogs:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, int]] = []
-
-    def emit(self, flow_run_id: str, message: str, level: int = logging.INFO) -> None:
-        self.lines.append((flow_run_id, message, level))
-
-    def close(self, timeout: float = 2.0) -> None:
-        pass
 
 
 class World:

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 from agent.core.spec import JobSpec, loads
 from agent.poller.loop import Poller
 from agent.spool.moves import NEW, TMP
+from tests.unit.reporter_support import RecordedRunLogs
 from tests.unit.stranded_support import DEPLOYMENT, HOST, NAME, POOL, World
 from tests.unit.stranded_support import proc as proc  # world uses it
 from tests.unit.stranded_support import world as world
@@ -72,17 +73,6 @@ def test_a_never_started_pending_run_is_spooled_again_as_claim_would(world: Worl
     )
     assert world.client.named("set_flow_run_state") == []  # still our Pending: no new claim
     assert claimed_total() == before  # counted once, when it was claimed
-
-
-class RecordedRunLogs:
-    def __init__(self) -> None:
-        self.lines: list[tuple[str, str, int]] = []
-
-    def emit(self, flow_run_id: str, message: str, level: int = logging.INFO) -> None:
-        self.lines.append((flow_run_id, message, level))
-
-    def close(self, timeout: float = 2.0) -> None:
-        pass
 
 
 def test_with_cloud_logs_the_run_says_in_prefect_why_it_was_spooled_again(world: World) -> None:
