@@ -36,13 +36,12 @@ from agent.core.spec import JobSpec, dumps
 from agent.core.states import Deployment, FlowRun
 from agent.observe import metrics
 from agent.observe.logs import run_context
+from agent.poller.outage import is_outage
 from agent.poller.shared import Shared
 from agent.settings import defaults
 
 log = logging.getLogger(__name__)
 
-# Labels the poller puts on every run it claims: the stranded look and a fleet's reaper
-# find a host's runs by them.
 # What the server answers, at pool set-up, to a name it will not take (a bad path, a
 # name it fails to validate).
 POOL_REFUSED = frozenset({400, 405, 422})
@@ -253,12 +252,39 @@ class Claiming:
         )
 
     def label(self, run_id: str) -> None:
+        """Put on a run just claimed the labels that say which agent and host hold it: the
+        stranded look and a fleet's reaper find a host's runs by them. A label that does
+        not land (a busy server's 503) is tried again by the labels duty, not dropped."""
+        try:
+            self._put_labels(run_id)
+        except NotFoundError:
+            pass  # deleted already: nothing to label
+        except ApiError as exc:
+            self.s.unlabelled.add(run_id)
+            log.warning("flow run %s: could not label it, will try again: %s", run_id, exc)
+
+    def relabel(self) -> None:
+        """The labels duty: label again the runs whose labelling failed. A failure the
+        server may get over (a 5xx, no answer) is raised: the duty tries again later. A
+        refusal (a 4xx) is logged and the run given up, as is a run deleted meanwhile."""
+        s = self.s
+        for run_id in sorted(s.unlabelled):
+            try:
+                self._put_labels(run_id)
+            except NotFoundError:
+                pass
+            except ApiError as exc:
+                if is_outage(exc):
+                    raise
+                log.error("flow run %s: could not label it, giving up: %s", run_id, exc)
+            else:
+                log.info("flow run %s: labelled", run_id)
+            s.unlabelled.discard(run_id)
+
+    def _put_labels(self, run_id: str) -> None:
         config = self.s.config
         labels = {WORKER_LABEL: config.name, POOL_LABEL: config.pool, HOST_LABEL: config.hostname}
-        try:
-            self.s.client.update_flow_run_labels(run_id, labels)
-        except ApiError as exc:
-            log.warning("flow run %s: could not label it: %s", run_id, exc)
+        self.s.client.update_flow_run_labels(run_id, labels)
 
 
 def crash_after_claim(run_id: str) -> None:

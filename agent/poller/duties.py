@@ -1,6 +1,6 @@
 """The poller's duties, in the order each round runs those that are due: backend config,
 work pool, heartbeat, spool probe, retention, outbox delivery, settle write-ahead specs,
-stranded runs, lost hosts, cancellations, claim."""
+labels, stranded runs, lost hosts, cancellations, claim."""
 
 from __future__ import annotations
 
@@ -41,6 +41,12 @@ def duties(
         Duty("retention", Retention(s.spool, config.retention).run, RETAIN, needs_api=False),
         Duty("outbox delivery", upkeep.deliver_outbox),
         Duty("settle write-ahead specs", Settle(claiming).run),
+        Duty(
+            "labels",
+            claiming.relabel,
+            retry=defaults.LABEL_RETRY_SECONDS,
+            enabled=lambda: bool(s.unlabelled),
+        ),
         Duty(
             "stranded runs",
             stranded.run,

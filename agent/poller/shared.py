@@ -4,7 +4,7 @@ rounds. Built once by the poller; duties read and write it, health reads it."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.api.client import PrefectClient
@@ -43,6 +43,8 @@ class Shared:
     # Wall time at which the earliest run the last poll saw beyond the prefetch window
     # (ours by labels, claimable) is due; the loop wakes for its window. None: none seen.
     next_due: float | None = None
+    # Runs claimed whose labels did not land: the labels duty tries them again.
+    unlabelled: set[str] = field(default_factory=set)
 
     def free_slots(self) -> int:
         """Live workers minus runs waiting or running. Counted from the spool rather than

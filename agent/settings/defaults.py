@@ -97,6 +97,11 @@ STRANDED_RETRY_SECONDS = 30.0
 STRANDED_AFTER_SECONDS = 60.0
 STRANDED_PAGE = 200
 
+# A claimed run whose labels did not land (a busy server's 503 once the client's retries
+# ran out) is labelled again at the next round, and every LABEL_RETRY seconds while that
+# fails: without its labels the stranded look and a fleet's reaper cannot find it.
+LABEL_RETRY_SECONDS = 5.0
+
 # Retention: done/, failed/ and runs/ keep a finished run this long (--retention), and
 # the poller looks for what is older once an hour (and at start).
 RETENTION_SECONDS = 7 * 86400.0
