@@ -39,8 +39,11 @@ env_names = st.one_of(st.from_regex(r"[A-Z_][A-Z0-9_]{0,8}", fullmatch=True), te
 secret_values = st.builds(lambda t: SECRET + t, text)
 
 
-def json_values(strings: st.SearchStrategy[str] = text) -> st.SearchStrategy[Any]:
-    """Any JSON value (what json.loads can give, NaN and lone surrogates included)."""
+def json_values(
+    strings: st.SearchStrategy[str] = text, keys: st.SearchStrategy[str] | None = None
+) -> st.SearchStrategy[Any]:
+    """Any JSON value (what json.loads can give, NaN and lone surrogates included);
+    objects' keys drawn from ``keys``, or from ``strings`` when it is not given."""
     scalars = st.one_of(
         st.none(),
         st.booleans(),
@@ -50,7 +53,10 @@ def json_values(strings: st.SearchStrategy[str] = text) -> st.SearchStrategy[Any
     )
     return st.recursive(
         scalars,
-        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(strings, inner, max_size=4),
+        lambda inner: (
+            st.lists(inner, max_size=4)
+            | st.dictionaries(strings if keys is None else keys, inner, max_size=4)
+        ),
         max_leaves=8,
     )
 
