@@ -214,7 +214,10 @@ class Poller:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            if self._wake.wait(min(remaining, defaults.LOCAL_CHECK_SECONDS)):
+            look = defaults.LOCAL_CHECK_SECONDS
+            if self.s.backlog:
+                look = defaults.BACKLOG_CHECK_SECONDS
+            if self._wake.wait(min(remaining, look)):
                 self._wake.clear()
                 return
             if self.upkeep.probe_failed and time.monotonic() >= spool_recheck_at:

@@ -45,7 +45,10 @@ REAP_CHECK_MAX_SECONDS = 60.0
 # The events stream (push wake-ups): when it is down, it is tried again with backoff
 # doubling from 1 s up to this; polling goes on meanwhile.
 EVENTS_RETRY_MAX = 60.0
-LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks for freed workers
+LOCAL_CHECK_SECONDS = 0.25  # how often a sleeping poller looks at local things
+# ... and for a freed worker, while runs wait for one: a burst's next run is claimed
+# within this of a slot freeing (a look is two folder reads and the registry's).
+BACKLOG_CHECK_SECONDS = 0.05
 SPOOL_RECHECK_SECONDS = 1.0  # how often it probes a spool it could not write to
 
 # Worker.

@@ -28,9 +28,10 @@ from agent.observe import metrics
 from agent.observe.logs import run_context
 from agent.settings import defaults
 from agent.settings.config import WorkerConfig
-from agent.spool.moves import CUR, Lease, Spool
+from agent.spool.moves import CUR, NEW, Lease, Spool
 from agent.spool.registry import BUSY, IDLE, Registry
 from agent.spool.takes import Takes
+from agent.spool.watch import FolderWatch
 from agent.worker import deaths
 from agent.worker.contain import Contain
 from agent.worker.execution import Execution
@@ -72,6 +73,8 @@ class Worker:
             config, client, spool, self.reporter, launcher, self.environ, self._stop, contain
         )
         self.takes = Takes(spool.dir(CUR))
+        # Woken when the poller publishes a spec, rather than at the next idle look.
+        self._new_specs = FolderWatch(spool.dir(NEW))
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -86,9 +89,11 @@ class Worker:
             os._exit(RET_OK)
         log.info("%s: taking no new runs; the current one will finish", signal.Signals(signum).name)
         self._stop.set()
+        self._new_specs.poke()
 
     def stop(self) -> None:
         self._stop.set()
+        self._new_specs.poke()
 
     def run(self) -> int:
         self.spool.ensure()
@@ -132,7 +137,7 @@ class Worker:
                 lease = self.spool.adopt() or self.spool.take()
                 if lease is None:
                     self._upkeep()
-                    self._stop.wait(self.config.idle_sleep)
+                    self._new_specs.wait(self.config.idle_sleep)
                     continue
                 spool_failed = False
                 try:
@@ -158,6 +163,7 @@ class Worker:
             clean = True
         finally:
             finished.set()
+            self._new_specs.close()
             if clean:
                 self.registry.unregister()
             else:

@@ -4,6 +4,7 @@ worker registry; the poll loop's own `tick()` sets what health reads."""
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from agent.core.errors import ApiError, AuthError, TransientApiError
 from agent.core.jobvars import base_job_template
 from agent.observe.httpd import health_body
 from agent.poller.loop import Poller
+from agent.settings import defaults
 from agent.settings.config import ApiSettings, PollerConfig
 from agent.spool.moves import CUR, Spool
 from agent.spool.registry import BUSY, DEAD, IDLE, Registry
@@ -258,6 +260,27 @@ def test_a_run_left_for_want_of_a_worker_wakes_the_poller_when_one_is_free(world
     started = time.monotonic()
     world.poller._sleep(5.0)
     assert time.monotonic() - started < 1
+
+
+def test_with_runs_waiting_the_poller_looks_for_a_free_worker_more_often_than_idle(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A burst's next run is claimed as soon as a slot frees, not at the next local look.
+    monkeypatch.setattr(defaults, "LOCAL_CHECK_SECONDS", 10.0)
+    world.client.runs = [DUE]
+    world.registry.set(busy=1)
+    world.spool.running = ["run-0"]
+    assert world.poller.tick() == 0
+    assert world.poller.s.backlog
+
+    def free() -> None:
+        world.registry.set(idle=1)
+        world.spool.running = []
+
+    threading.Timer(0.2, free).start()  # the worker ends its run while the poller sleeps
+    started = time.monotonic()
+    world.poller._sleep(30.0)
+    assert time.monotonic() - started < 5
 
 
 def test_every_failing_check_has_a_reason(world: World) -> None:
