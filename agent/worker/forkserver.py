@@ -51,6 +51,21 @@ MAX_FDS = 16
 _HEADER = struct.Struct("!I")
 # What the warm parent imports: Prefect and what its engine runs on; never user code.
 WARM_IMPORTS = ("prefect", "prefect.main", "prefect.engine", "prefect.flow_engine")
+# Also imported by a cold `python -m prefect.engine` of a deployment's run (Prefect
+# 3.8.8, measured with -X importtime), ~30 ms that no forked run pays again. Not the
+# deployment steps, the runner or bundles: they import `prefect.engine` a second time
+# (the engine runs as __main__), which a warm run must do for itself to see the same
+# modules as a cold one (tests/integration/test_warm_parity.py). None reads a setting
+# nor starts a thread at import; one another version lacks is skipped.
+WARM_EXTRAS = (
+    "anyio._backends._asyncio",
+    "packaging.requirements",
+    "pydantic.v1",
+    "prefect._internal.installation",
+    "prefect._internal.integrations",
+    "prefect._internal.observers",
+    "prefect.locking._filelock",
+)
 
 
 # -- framing: a 4-byte length, then JSON; file descriptors ride with the first bytes --
@@ -247,6 +262,9 @@ def main(control_fd: int = CONTROL_FD) -> int:
     except BaseException as exc:
         send(control, {"failed": f"cannot import {module}: {exc!r}"[:500]})
         return 1
+    for module in WARM_EXTRAS:
+        with contextlib.suppress(Exception):
+            __import__(module)
     sys.modules.pop("prefect.engine", None)  # run afresh, as __main__, in each flow
     return warm.serve()
 
