@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 IN_CREATE = 0x00000100
 IN_MOVED_TO = 0x00000080
 IN_IGNORED = 0x00008000  # the watch is gone: the folder was deleted (or unmounted)
+IN_Q_OVERFLOW = 0x00004000
 IN_NONBLOCK = os.O_NONBLOCK
 IN_CLOEXEC = os.O_CLOEXEC
 _EVENT = struct.Struct("iIII")  # wd, mask, cookie, len; then len bytes of name
@@ -71,21 +72,29 @@ class FolderWatch:
 
     def wait(self, timeout: float) -> bool:
         """Wait up to ``timeout`` seconds; True when woken early (an entry added, or a
-        poke), False after the timeout."""
-        if self._poke_r < 0:  # closed
-            time.sleep(max(0.0, timeout))
-            return False
-        self._arm()  # again after the folder was deleted and re-created
-        fds = [self._poke_r] + ([self._fd] if self.active else [])
-        try:
-            ready, _, _ = select.select(fds, [], [], max(0.0, timeout))
-        except (OSError, ValueError):
-            return False
-        if self._poke_r in ready:
-            _drain(self._poke_r)
-        if self._fd in ready and self._read_events():
-            self._wd = -1  # the watch ended with the folder: re-armed by the next wait
-        return bool(ready)
+        poke), False after the timeout. The folder's own deletion wakes nobody: the
+        worker re-creates a deleted spool at its next idle look, not while an operator's
+        ``rm -r`` is still at work on it."""
+        deadline = time.monotonic() + max(0.0, timeout)
+        while self._poke_r >= 0:
+            self._arm()  # again after the folder was deleted and re-created
+            fds = [self._poke_r] + ([self._fd] if self.active else [])
+            try:
+                ready, _, _ = select.select(fds, [], [], max(0.0, deadline - time.monotonic()))
+            except (OSError, ValueError):
+                return False
+            if not ready:
+                return False
+            if self._poke_r in ready:
+                _drain(self._poke_r)
+                return True
+            added, ended = self._read_events()
+            if ended:
+                self._wd = -1  # the watch ended with the folder: re-armed by a later wait
+            if added:
+                return True
+        time.sleep(max(0.0, deadline - time.monotonic()))  # closed
+        return False
 
     def poke(self) -> None:
         """End the current or next wait at once. Safe in a signal handler."""
@@ -108,21 +117,23 @@ class FolderWatch:
         elif ctypes.get_errno() != errno.ENOENT:  # a missing folder is re-created soon
             self._unavailable(f"{self.folder}: {os.strerror(ctypes.get_errno())}")
 
-    def _read_events(self) -> bool:
-        """Drain the queued events; True when one says the watch has ended."""
-        ended = False
+    def _read_events(self) -> tuple[bool, bool]:
+        """Drain the queued events: (an entry may have been added, the watch ended)."""
+        added = ended = False
         while True:
             try:
                 data = os.read(self._fd, 64 * _EVENT.size + 4096)
             except BlockingIOError:
-                return ended
+                return added, ended
             except OSError:
-                return True
+                return True, True
             if not data:
-                return ended
+                return added, ended
             offset = 0
             while offset + _EVENT.size <= len(data):
                 wd, mask, _, length = _EVENT.unpack_from(data, offset)
+                # A full queue (IN_Q_OVERFLOW) may have dropped an entry's event.
+                added = added or bool(mask & (IN_CREATE | IN_MOVED_TO | IN_Q_OVERFLOW))
                 ended = ended or (wd == self._wd and bool(mask & IN_IGNORED))
                 offset += _EVENT.size + length
 

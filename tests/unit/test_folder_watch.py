@@ -74,7 +74,10 @@ def test_a_poke_ends_the_wait_and_a_closed_watch_only_sleeps(spool: Spool) -> No
 def test_the_watch_follows_a_folder_deleted_and_made_again(spool: Spool) -> None:
     folder = FolderWatch(spool.dir(NEW))
     shutil.rmtree(spool.dir(NEW))
-    folder.wait(0.1)  # the watch ends with the folder
+    # The deletion wakes nobody (a worker woken by it would re-create the spool while
+    # an operator's `rm -r` is still deleting it), and the watch ends with the folder.
+    woken, took = timed_wait(folder, 0.2)
+    assert not woken and took >= 0.2
     assert not folder.active
     assert not folder.wait(0.1)  # nothing to watch: a plain sleep
     spool.dir(NEW).mkdir()  # as a worker's upkeep re-creates it
