@@ -96,6 +96,7 @@ class Claiming:
         claim_before = now + timedelta(seconds=s.config.prefetch_seconds)
         claim_by = claim_before.timestamp()
         s.next_due = None  # a failed poll knows of no run
+        polled_at = time.monotonic()
         # Runs due up to one idle sleep past the prefetch window are asked for too: they
         # are not claimed, but the earliest tells the loop when to poll for it.
         runs = s.client.get_scheduled_flow_runs(
@@ -136,6 +137,10 @@ class Claiming:
             if claimed >= free:
                 s.backlog = not s.spool_error  # a worker is short, not the disk
                 break
+            if time.monotonic() - polled_at > defaults.CLAIM_FRESH_SECONDS and not self.waiting(
+                flow_run.id
+            ):
+                continue
             try:
                 if self.claim(flow_run, job_variables):
                     claimed += 1
@@ -144,6 +149,20 @@ class Claiming:
                 log.error("spool not writable, claiming nothing: %s", exc)
                 break
         return claimed
+
+    def waiting(self, run_id: str) -> bool:
+        """The run is still Scheduled, read afresh. Prefect accepts Pending over a
+        Completed run whose result is not persisted (a rerun): a claim made on a stale
+        poll, after another agent claimed, ran and finished the run, would run it twice."""
+        try:
+            fresh = self.s.client.read_flow_run(run_id)
+        except NotFoundError:
+            return False
+        if not lifecycle.claimable(fresh.state):
+            now = fresh.state.name if fresh.state else "no state"
+            log.info("flow run %s: no longer waiting (%s); not claimed", run_id, now)
+            return False
+        return True
 
     def job_variables(
         self, flow_run: FlowRun, cache: dict[str, Deployment | None], act: bool = True

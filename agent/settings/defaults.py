@@ -100,6 +100,10 @@ STRANDED_RETRY_SECONDS = 30.0
 STRANDED_AFTER_SECONDS = 60.0
 STRANDED_PAGE = 200
 
+# A run from a poll answered longer ago than this is read again before it is claimed: the
+# server would accept a claim of a run another agent has finished meanwhile (a rerun).
+CLAIM_FRESH_SECONDS = 1.0
+
 # A claimed run whose labels did not land (a busy server's 503 once the client's retries
 # ran out) is labelled again at the next round, and every LABEL_RETRY seconds while that
 # fails: without its labels the stranded look and a fleet's reaper cannot find it.
