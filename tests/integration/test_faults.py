@@ -86,10 +86,10 @@ def test_poller_killed_at_random_points_of_a_burst_loses_and_repeats_nothing(
 ) -> None:
     rng = random.Random(5)
     sup = start_agent(agent, workers=2)
-    # Runs of 2 s: a warm launch finishes a run of `record` so fast that the burst would
-    # be claimed before the last kill.
+    # Runs of 3 s: a warm launch finishes a run of `record` so fast that the burst would
+    # be claimed before the last kill (as 12 runs of 2 s once were, on CI).
     deployment = agent.deploy("slow_record")
-    run_ids = [agent.run(deployment, {"marker": str(marker), "pause": 2}) for _ in range(12)]
+    run_ids = [agent.run(deployment, {"marker": str(marker), "pause": 3}) for _ in range(16)]
 
     pids_killed: list[int] = []
     for _ in range(3):
